@@ -1,0 +1,8 @@
+// The list of jax_distops ops with a CPU handler: X(python_name, HandlerSymbol). The nanobind module
+// turns it into its registrations() dict; adding an op means adding one line here.
+#ifndef JAX_DISTOPS_CSRC_OPS_H_
+#define JAX_DISTOPS_CSRC_OPS_H_
+
+#define DISTOPS_CPU_OPS(X) X(fused_reorder_by_indices, FusedReorderByIndices)
+
+#endif  // JAX_DISTOPS_CSRC_OPS_H_

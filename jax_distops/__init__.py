@@ -1,0 +1,20 @@
+"""jax_distops: Monolith's sparse-id distribution ops as JAX primitives with XLA FFI kernels.
+
+Route feature ids to embedding-table shards, dedup them per table, lay out fused embedding buffers,
+gather embeddings back and pool them -- inside ``jax.jit``, ``jax.vmap``, ``jax.grad`` and
+``shard_map``. See README.md for the op list and the deviations from Monolith.
+"""
+
+from . import _compat  # noqa: F401  (version check first)
+from ._ffi import has_cuda_support
+from ._types import Ragged
+from .ops.fused_reorder_by_indices import FusedReorderResult, fused_reorder_by_indices
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FusedReorderResult",
+    "Ragged",
+    "fused_reorder_by_indices",
+    "has_cuda_support",
+]

@@ -1,0 +1,66 @@
+"""The one place that deals with JAX versions and with JAX's less stable corners.
+
+Everything else in jax_distops uses public names only (``jax.extend.core.Primitive``,
+``jax.interpreters.{ad,batching,mlir}``, ``jax.ffi``). Supported: jax >= 0.8.0 (the jaxlib whose FFI
+headers the extension is built against, see pyproject.toml); the newest version tested is recorded in
+``_latest_jax_version.txt`` and newer versions get a warning at import.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import re
+import warnings
+
+import jax
+import numpy as np
+from jax.interpreters import batching, xla
+
+MIN_JAX_VERSION = (0, 8, 0)
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+
+
+LATEST_TESTED_JAX = (
+    importlib.resources.files(__package__).joinpath("_latest_jax_version.txt").read_text().strip()
+)
+
+if _version_tuple(jax.__version__) < MIN_JAX_VERSION:
+    raise ImportError(
+        f"jax_distops needs jax >= {'.'.join(map(str, MIN_JAX_VERSION))}, found {jax.__version__}"
+    )
+if _version_tuple(jax.__version__) > _version_tuple(LATEST_TESTED_JAX):
+    warnings.warn(
+        f"jax_distops was tested up to jax {LATEST_TESTED_JAX}; jax {jax.__version__} is newer and "
+        "may have changed the internals it relies on.",
+        stacklevel=2,
+    )
+
+
+def apply_primitive(prim):
+    """The eager implementation of a primitive: compile and run it on its own."""
+    return functools.partial(xla.apply_primitive, prim)
+
+
+def register_batching_rule(prim, rule):
+    """Registers ``rule(args, batch_dims, /, **params) -> (outs, out_dims)`` as ``prim``'s vmap rule.
+
+    jax >= 0.4.36 keeps the real table in ``fancy_primitive_batchers`` (rules also receive the axis
+    data); ``primitive_batchers`` is now a write-only compatibility shim.
+    """
+    if hasattr(batching, "fancy_primitive_batchers"):
+        # Positional-only, so that op params may be called "args" or "dims".
+        def fancy_rule(_axis_data, args, batch_dims, /, **params):
+            return rule(args, batch_dims, **params)
+
+        batching.fancy_primitive_batchers[prim] = fancy_rule
+    else:  # pragma: no cover - older jax
+        batching.primitive_batchers[prim] = rule
+
+
+def x64_enabled() -> bool:
+    """Whether 64-bit dtypes are live (``jax_enable_x64``, including the ``jax.enable_x64`` context)."""
+    return jax.dtypes.canonicalize_dtype(np.int64) == np.dtype(np.int64)
