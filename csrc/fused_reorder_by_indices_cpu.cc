@@ -16,6 +16,7 @@
 // each such task keeps only the ids of its shards (blocks are per shard, so the tasks are independent).
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "ffi_helpers.h"
@@ -27,22 +28,26 @@ namespace jax_distops {
 namespace {
 
 // One unit of work: the ids of table `table` in batch element `batch` whose shard is in [lo, hi).
+// Its distinct ids go to [first, first + length of the table) of the per-call unique arrays.
 struct Task {
   int64_t batch, table, lo, hi;
+  int64_t first;
   int64_t cost;  // about the number of ids the task keeps; largest tasks are scheduled first
+  int64_t num_unique = 0;
 };
 
-template <typename T>
-struct TaskUniques {
-  std::vector<T> ids;             // in first-occurrence order
-  std::vector<int32_t> shard;     // shard of ids[u]
-  std::vector<int32_t> position;  // position of ids[u] in its block; phase 3 turns it into an offset
+// Per worker, reused across the tasks it runs.
+struct WorkerScratch {
+  IdIndex index;
+  std::vector<int32_t> counts;  // block sizes of the current task's shards
 };
 
 // Ids per task below which splitting a table over shard ranges does not pay for the extra pass.
 constexpr int64_t kMinIdsPerSplit = 1 << 16;
 // Total ids below which the whole call runs on the calling thread (pool dispatch costs ~5-10 us).
 constexpr int64_t kMinIdsForThreads = 1 << 15;
+// Tables up to this many ids get an index sized for all of them distinct.
+constexpr int64_t kMaxPresizedIds = 1 << 19;
 // Hash-index slots are prefetched this many ids ahead (tables larger than the L2 cache).
 constexpr int64_t kPrefetchDistance = 16;
 
@@ -79,18 +84,23 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
 
   // Tasks: one per (batch element, table), or per shard range for a table that holds more than a
   // worker's share of all ids.
-  const int64_t workers = batch * total >= kMinIdsForThreads ? std::max<int64_t>(1, pool.num_threads()) : 1;
+  const int64_t workers =
+      batch * total >= kMinIdsForThreads ? std::max<int64_t>(1, pool.num_threads()) : 1;
   const int64_t usable_shards = num_shards - first_shard;
   const int64_t share = std::max<int64_t>(1, batch * total / workers);
   std::vector<Task> tasks;
+  int64_t unique_bound = 0;
   for (int64_t b = 0; b < batch; ++b) {
     for (int64_t m = 0; m < num_tables; ++m) {
-      const int64_t groups = length[m] < kMinIdsPerSplit
-                                 ? 1
-                                 : std::clamp<int64_t>((length[m] + share - 1) / share, 1, usable_shards);
+      const int64_t groups =
+          length[m] < kMinIdsPerSplit
+              ? 1
+              : std::clamp<int64_t>((length[m] + share - 1) / share, 1, usable_shards);
       for (int64_t g = 0; g < groups; ++g) {
         tasks.push_back({b, m, first_shard + usable_shards * g / groups,
-                         first_shard + usable_shards * (g + 1) / groups, length[m] / groups});
+                         first_shard + usable_shards * (g + 1) / groups, unique_bound,
+                         length[m] / groups});
+        unique_bound += length[m];
       }
     }
   }
@@ -99,26 +109,33 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
   const int64_t num_tasks = static_cast<int64_t>(tasks.size());
   const int64_t blocks = num_shards * num_tables;
   const ShardFn shard_of(num_shards, first_shard);
-  std::vector<TaskUniques<T>> uniques(num_tasks);
-  std::vector<IdIndex> indexes(workers);  // one per worker, reused across its tasks
+  // The distinct ids of every task, in first-occurrence order, with their shard and their position
+  // in block (shard, table); phase 3 turns the position into the fused offset.
+  std::unique_ptr<T[]> unique_ids(new T[unique_bound]);
+  std::unique_ptr<int32_t[]> unique_shard(new int32_t[unique_bound]);
+  std::unique_ptr<int32_t[]> unique_pos(new int32_t[unique_bound]);
+  std::vector<WorkerScratch> scratch(workers);
 
-  // Phase 1: dedup, block counts, and each raw id's unique number (scratch in `offsets`).
+  // Phase 1: dedup, block counts, and each raw id's unique number (kept in `offsets` meanwhile).
   std::fill(slot_counts, slot_counts + batch * blocks, 0);
   FFI_RETURN_IF_ERROR(ParallelFor(&pool, num_tasks, workers, [&](int64_t t, int64_t worker) {
-    const Task& task = tasks[t];
+    Task& task = tasks[t];
     const int64_t m = task.table, n = length[m];
     const T* x = data[m] + task.batch * stride[m];
-    int32_t* scratch = offsets + task.batch * total + start[m];
+    int32_t* raw = offsets + task.batch * total + start[m];
     const bool all_shards = task.lo == first_shard && task.hi == num_shards;
-    // Block sizes of this task's shards, counted locally: tasks of other tables own neighbouring
-    // entries of slot_counts, and sharing those cache lines would cost a miss per new id.
-    std::vector<int32_t> counts(task.hi - task.lo, 0);
-    TaskUniques<T>& out = uniques[t];
-    out.ids.reserve(task.cost / 2);
-    out.shard.reserve(task.cost / 2);
-    out.position.reserve(task.cost / 2);
-    IdIndex& index = indexes[worker];
-    index.Reset(task.cost / 2);  // expect about half of the ids to be distinct; it grows if not
+    T* ids = unique_ids.get() + task.first;
+    int32_t* shard = unique_shard.get() + task.first;
+    int32_t* pos = unique_pos.get() + task.first;
+    // Block sizes are counted in per-worker memory: tasks of other tables own neighbouring entries
+    // of slot_counts, and sharing those cache lines between threads would cost a miss per new id.
+    std::vector<int32_t>& counts = scratch[worker].counts;
+    counts.assign(task.hi - task.lo, 0);
+    IdIndex& index = scratch[worker].index;
+    // Size for every id being distinct while that stays small (no regrowth for unique-heavy
+    // tables); beyond, expect half of them to be and let the index grow if needed.
+    index.Reset(task.cost <= kMaxPresizedIds ? task.cost : task.cost / 2);
+    int32_t num_unique = 0;
     for (int64_t i = 0; i < n; ++i) {
       if (i + kPrefetchDistance < n) {
         __builtin_prefetch(index.SlotAddress(static_cast<uint64_t>(x[i + kPrefetchDistance])));
@@ -130,21 +147,22 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
         if (s < task.lo || s >= task.hi) continue;
       }
       bool inserted;
-      const int32_t u = index.FindOrInsert(static_cast<uint64_t>(v),
-                                           static_cast<int32_t>(out.ids.size()), &inserted);
+      const int32_t u = index.FindOrInsert(static_cast<uint64_t>(v), num_unique, &inserted);
       if (inserted) {
         if (s < 0) s = shard_of(v);
-        out.ids.push_back(v);
-        out.shard.push_back(static_cast<int32_t>(s));
-        out.position.push_back(counts[s - task.lo]++);
+        ids[num_unique] = v;
+        shard[num_unique] = static_cast<int32_t>(s);
+        pos[num_unique] = counts[s - task.lo]++;
+        ++num_unique;
       }
-      scratch[i] = u;
+      raw[i] = u;
     }
+    task.num_unique = num_unique;
     int32_t* block_sizes = slot_counts + task.batch * blocks + m;  // block (s, m) at [s * M]
     for (int64_t s = task.lo; s < task.hi; ++s) block_sizes[s * num_tables] = counts[s - task.lo];
     return ffi::Error::Success();
   }));
-  indexes.clear();
+  scratch.clear();
 
   // Phase 2: block layout per batch element.
   std::vector<int64_t> id_base(batch * blocks), emb_base(batch * blocks);
@@ -164,21 +182,23 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
     const int64_t m = task.table, n = length[m], dim = dims[m];
     const int64_t* ids_at = id_base.data() + task.batch * blocks + m;
     const int64_t* emb_at = emb_base.data() + task.batch * blocks + m;
-    T* ids = out_ids + task.batch * total;
-    TaskUniques<T>& u = uniques[t];
-    for (size_t k = 0; k < u.ids.size(); ++k) {
-      const int64_t s = u.shard[k], pos = u.position[k];
-      ids[ids_at[s * num_tables] + pos] = u.ids[k];
-      u.position[k] = static_cast<int32_t>(emb_at[s * num_tables] + pos * dim);
+    T* out = out_ids + task.batch * total;
+    const T* ids = unique_ids.get() + task.first;
+    const int32_t* shard = unique_shard.get() + task.first;
+    int32_t* pos = unique_pos.get() + task.first;
+    for (int64_t k = 0; k < task.num_unique; ++k) {
+      const int64_t block = shard[k] * num_tables;
+      out[ids_at[block] + pos[k]] = ids[k];
+      pos[k] = static_cast<int32_t>(emb_at[block] + pos[k] * dim);  // < E_tot, checked to fit
     }
-    int32_t* scratch = offsets + task.batch * total + start[m];
+    int32_t* raw = offsets + task.batch * total + start[m];
     if (task.lo == first_shard && task.hi == num_shards) {
-      for (int64_t i = 0; i < n; ++i) scratch[i] = u.position[scratch[i]];
+      for (int64_t i = 0; i < n; ++i) raw[i] = pos[raw[i]];
     } else {
       const T* x = data[m] + task.batch * stride[m];
       for (int64_t i = 0; i < n; ++i) {
         const int64_t s = shard_of(x[i]);
-        if (s >= task.lo && s < task.hi) scratch[i] = u.position[scratch[i]];
+        if (s >= task.lo && s < task.hi) raw[i] = pos[raw[i]];
       }
     }
     return ffi::Error::Success();

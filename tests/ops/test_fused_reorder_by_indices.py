@@ -981,6 +981,41 @@ def test_monolith_fused_test_workload_reduced(monkeypatch):
     assert int(res.shard_sizes[0]) == 0
 
 
+@pytest.mark.parametrize(
+    "num_of_shards, rank0, dtype",
+    [(7, True, np.int64), (256, False, np.int64), (3, False, np.uint32), (2, True, np.int32)],
+)
+def test_one_large_table_vs_oracle(num_of_shards, rank0, dtype):
+    """One table far above the kernel's split threshold (2**16 ids): with >= 2 threads the kernel
+    splits it over shard ranges, one task per range, so every shard range must still come out in
+    first-occurrence order. Also mixes heavy duplicates with distinct ids."""
+    rng = np.random.default_rng(num_of_shards)
+    info = np.iinfo(dtype)
+    table = np.concatenate([
+        rng.integers(info.min, info.max, size=150_000, dtype=dtype, endpoint=True),
+        rng.integers(0, 5_000, size=150_000).astype(dtype),
+    ])
+    rng.shuffle(table)
+    small = rng.integers(0, 100, size=50).astype(dtype)
+    dims = [8, 3]
+    res = jax.jit(lambda a, b: OP([a, b], num_of_shards, dims, rank0_empty_shard=rank0))(table, small)
+    want = oracle.fused_reorder_by_indices([table, small], num_of_shards, dims, rank0)
+    assert_result_equal(res, want, dtype)
+
+
+def test_vmap_of_large_tables_vs_oracle():
+    """A batch of large tables in one call: tasks of different batch elements run concurrently."""
+    rng = np.random.default_rng(5)
+    batch = rng.integers(-(2**40), 2**40, size=(3, 40_000), dtype=np.int64)
+    batch[:, 20_000:] = batch[:, :20_000]  # every id twice
+    shared = rng.integers(0, 1_000, size=30_000, dtype=np.int64)
+    res = jax.vmap(lambda a, b: OP([a, b], 16, [4, 2], rank0_empty_shard=False), in_axes=(0, None))(
+        batch, shared
+    )
+    want = _stack([oracle.fused_reorder_by_indices([row, shared], 16, [4, 2]) for row in batch])
+    assert_result_equal(res, want, np.int64)
+
+
 # --------------------------------------------------------------------------------------------------
 # Gradients through the integer outputs
 # --------------------------------------------------------------------------------------------------
