@@ -1,22 +1,26 @@
 // fused_reorder_by_indices, CPU handler. Semantics: spec/monolith_ops.md section 3; layout and
 // validation: fused_reorder_by_indices.h.
 //
-// Algorithm (per batch element; all batch elements and tables run in one call):
-//   1. Dedup. One task per (table m, shard range). It walks the table's ids once and finds or inserts
-//      each id in an open-addressing hash index (one probe per id). A new id gets the next unique
-//      number u, its shard (computed once per unique id) and its position inside block (shard, m),
-//      which is the block's running count: that is the first-occurrence order. The task writes u into
-//      the raw id's slot of the offsets output, used as scratch.
+// Algorithm (per batch element; all batch elements and tables run in one call, on XLA's pool):
+//   1. Dedup. One task per table (or per shard range of a very large table). It walks the table's
+//      ids once, finding or inserting each id in an open-addressing hash index (one probe per id);
+//      a new id gets the task's next unique number u and counts one more id in its block
+//      (shard, table). u goes to the raw id's slot of the offsets output, used as scratch.
 //   2. Layout. From the block counts: block bases in the id output and the fused buffer, per-shard
 //      sizes, num_unique and E_tot (checked against int32).
-//   3. Scatter. Each task writes its unique ids to their block positions, turns each unique number
-//      into its fused offset, and replaces the scratch u of every raw id by that offset: a gather,
-//      with no second hash probe and no second shard computation.
-// A table much larger than the others is split into shard ranges so that both threads work on it;
-// each such task keeps only the ids of its shards (blocks are per shard, so the tasks are independent).
+//   3. Scatter. The task walks its ids again. A raw id whose u is the next unused number is a first
+//      occurrence: its shard is computed (the only other time, once per distinct id), it takes the
+//      next position of its block -- so blocks come out in first-occurrence order -- its id is
+//      written there, and its fused offset is recorded under u. Every raw id then gets the offset
+//      of its u: a gather, with no second hash probe.
+// Nothing proportional to the input is allocated besides the per-worker index: the raw input and
+// the offsets output carry everything between the phases.
+//
+// A table much larger than the others is split into shard ranges so that every thread works on it;
+// each such task keeps only the ids of its shards (blocks are per shard, so the tasks are
+// independent), at the cost of computing every raw id's shard to know whether it is its own.
 #include <algorithm>
 #include <cstdint>
-#include <memory>
 #include <vector>
 
 #include "ffi_helpers.h"
@@ -28,28 +32,87 @@ namespace jax_distops {
 namespace {
 
 // One unit of work: the ids of table `table` in batch element `batch` whose shard is in [lo, hi).
-// Its distinct ids go to [first, first + length of the table) of the per-call unique arrays.
 struct Task {
   int64_t batch, table, lo, hi;
-  int64_t first;
   int64_t cost;  // about the number of ids the task keeps; largest tasks are scheduled first
-  int64_t num_unique = 0;
 };
 
 // Per worker, reused across the tasks it runs.
 struct WorkerScratch {
   IdIndex index;
-  std::vector<int32_t> counts;  // block sizes of the current task's shards
+  std::vector<int32_t> counts;   // block sizes (phase 1) / next block positions (phase 3)
+  std::vector<int32_t> offsets;  // phase 3: fused offset of unique number u
 };
 
 // Ids per task below which splitting a table over shard ranges does not pay for the extra pass.
 constexpr int64_t kMinIdsPerSplit = 1 << 16;
 // Total ids below which the whole call runs on the calling thread (pool dispatch costs ~5-10 us).
 constexpr int64_t kMinIdsForThreads = 1 << 15;
-// Tables up to this many ids get an index sized for all of them distinct.
-constexpr int64_t kMaxPresizedIds = 1 << 19;
-// Hash-index slots are prefetched this many ids ahead (tables larger than the L2 cache).
+// Tables up to this many ids get an index sized for all of them distinct (<= 1 MiB); larger ones
+// dedup this many ids before the index is sized from the distinct fraction seen so far.
+constexpr int64_t kPresizedIds = 1 << 15;
+constexpr int64_t kSampleIds = 4096;
+// Hash-index slots are prefetched this many ids ahead when the index is this large (measured:
+// for smaller indexes prefetching neither helps nor hurts; for 4 MiB ones it saves 25%).
 constexpr int64_t kPrefetchDistance = 16;
+constexpr int64_t kPrefetchAboveBytes = 1 << 20;
+
+// Phase 1 of one task, for ids x[begin..end): dedups those whose shard is in [lo, hi) (all of
+// them when kAllShards), writes each kept raw id's unique number to raw[i], counts block sizes in
+// counts[shard - lo], and returns the number of distinct ids so far (`num_unique` before).
+// Specialized so that the common case (kAllShards) computes the shard only for new ids, and so
+// that only large indexes pay for prefetching (which hides their cache-miss latency).
+template <bool kAllShards, bool kPrefetch, typename T>
+int32_t DedupIds(const T* x, int64_t begin, int64_t end, const ShardFn& shard_of, int64_t lo,
+                 int64_t hi, IdIndex& index, int32_t* counts, int32_t* raw, int32_t num_unique) {
+  for (int64_t i = begin; i < end; ++i) {
+    if (kPrefetch && i + kPrefetchDistance < end) {
+      __builtin_prefetch(index.SlotAddress(static_cast<uint64_t>(x[i + kPrefetchDistance])));
+    }
+    const T v = x[i];
+    int64_t s = 0;
+    if (!kAllShards) {
+      s = shard_of(v);
+      if (s < lo || s >= hi) continue;
+    }
+    bool inserted;
+    const int32_t u = index.FindOrInsert(static_cast<uint64_t>(v), num_unique, &inserted);
+    if (inserted) {
+      if (kAllShards) s = shard_of(v);
+      ++counts[s - lo];
+      ++num_unique;
+    }
+    raw[i] = u;
+  }
+  return num_unique;
+}
+
+// Phase 3 of one task: see the file comment. `ids_at` / `emb_at` point at the block bases of this
+// task's table (block (s, m) at [s * M]).
+template <bool kAllShards, typename T>
+void ScatterIds(const T* x, int64_t n, const ShardFn& shard_of, int64_t lo, int64_t hi,
+                int64_t num_tables, int64_t dim, const int64_t* ids_at, const int64_t* emb_at,
+                int32_t* positions, int32_t* offset_of, T* out_ids, int32_t* raw) {
+  int32_t next = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const T v = x[i];
+    int64_t s = 0;
+    if (!kAllShards) {
+      s = shard_of(v);
+      if (s < lo || s >= hi) continue;
+    }
+    const int32_t u = raw[i];
+    if (u == next) {  // first occurrence of a distinct id
+      if (kAllShards) s = shard_of(v);
+      const int64_t block = s * num_tables;
+      const int64_t pos = positions[s - lo]++;
+      out_ids[ids_at[block] + pos] = v;
+      offset_of[u] = static_cast<int32_t>(emb_at[block] + pos * dim);  // < E_tot, checked to fit
+      ++next;
+    }
+    raw[i] = offset_of[u];
+  }
+}
 
 template <typename T>
 ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi::DataType id_dtype,
@@ -89,7 +152,6 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
   const int64_t usable_shards = num_shards - first_shard;
   const int64_t share = std::max<int64_t>(1, batch * total / workers);
   std::vector<Task> tasks;
-  int64_t unique_bound = 0;
   for (int64_t b = 0; b < batch; ++b) {
     for (int64_t m = 0; m < num_tables; ++m) {
       const int64_t groups =
@@ -98,9 +160,7 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
               : std::clamp<int64_t>((length[m] + share - 1) / share, 1, usable_shards);
       for (int64_t g = 0; g < groups; ++g) {
         tasks.push_back({b, m, first_shard + usable_shards * g / groups,
-                         first_shard + usable_shards * (g + 1) / groups, unique_bound,
-                         length[m] / groups});
-        unique_bound += length[m];
+                         first_shard + usable_shards * (g + 1) / groups, length[m] / groups});
       }
     }
   }
@@ -109,60 +169,48 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
   const int64_t num_tasks = static_cast<int64_t>(tasks.size());
   const int64_t blocks = num_shards * num_tables;
   const ShardFn shard_of(num_shards, first_shard);
-  // The distinct ids of every task, in first-occurrence order, with their shard and their position
-  // in block (shard, table); phase 3 turns the position into the fused offset.
-  std::unique_ptr<T[]> unique_ids(new T[unique_bound]);
-  std::unique_ptr<int32_t[]> unique_shard(new int32_t[unique_bound]);
-  std::unique_ptr<int32_t[]> unique_pos(new int32_t[unique_bound]);
   std::vector<WorkerScratch> scratch(workers);
+  std::vector<int32_t> task_unique(num_tasks);
 
   // Phase 1: dedup, block counts, and each raw id's unique number (kept in `offsets` meanwhile).
-  std::fill(slot_counts, slot_counts + batch * blocks, 0);
+  for (int64_t b = 0; b < batch; ++b) {  // shards below first_shard get no ids
+    std::fill(slot_counts + b * blocks, slot_counts + b * blocks + first_shard * num_tables, 0);
+  }
   FFI_RETURN_IF_ERROR(ParallelFor(&pool, num_tasks, workers, [&](int64_t t, int64_t worker) {
-    Task& task = tasks[t];
+    const Task& task = tasks[t];
     const int64_t m = task.table, n = length[m];
     const T* x = data[m] + task.batch * stride[m];
     int32_t* raw = offsets + task.batch * total + start[m];
     const bool all_shards = task.lo == first_shard && task.hi == num_shards;
-    T* ids = unique_ids.get() + task.first;
-    int32_t* shard = unique_shard.get() + task.first;
-    int32_t* pos = unique_pos.get() + task.first;
     // Block sizes are counted in per-worker memory: tasks of other tables own neighbouring entries
     // of slot_counts, and sharing those cache lines between threads would cost a miss per new id.
     std::vector<int32_t>& counts = scratch[worker].counts;
     counts.assign(task.hi - task.lo, 0);
+    // A small table gets an index for all its ids distinct. A large one is sized from the distinct
+    // fraction of a prefix: big enough not to regrow, small enough to stay in cache (it still
+    // grows if the prefix was not representative).
     IdIndex& index = scratch[worker].index;
-    // Size for every id being distinct while that stays small (no regrowth for unique-heavy
-    // tables); beyond, expect half of them to be and let the index grow if needed.
-    index.Reset(task.cost <= kMaxPresizedIds ? task.cost : task.cost / 2);
-    int32_t num_unique = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      if (i + kPrefetchDistance < n) {
-        __builtin_prefetch(index.SlotAddress(static_cast<uint64_t>(x[i + kPrefetchDistance])));
+    const int64_t sample = n <= kPresizedIds ? n : kSampleIds;
+    index.Reset(sample);
+    int32_t unique = 0;
+    for (int64_t begin = 0; begin < n;) {
+      const int64_t end = begin == 0 ? sample : n;
+      const bool prefetch = index.capacity_bytes() > kPrefetchAboveBytes;
+      const auto dedup = all_shards
+                             ? (prefetch ? DedupIds<true, true, T> : DedupIds<true, false, T>)
+                             : (prefetch ? DedupIds<false, true, T> : DedupIds<false, false, T>);
+      unique = dedup(x, begin, end, shard_of, task.lo, task.hi, index, counts.data(), raw, unique);
+      if (begin == 0 && end < n) {
+        const int64_t expected = int64_t{unique} * n / sample;  // plus 1/8 slack
+        index.Reserve(expected + expected / 8);
       }
-      const T v = x[i];
-      int64_t s = -1;
-      if (!all_shards) {
-        s = shard_of(v);
-        if (s < task.lo || s >= task.hi) continue;
-      }
-      bool inserted;
-      const int32_t u = index.FindOrInsert(static_cast<uint64_t>(v), num_unique, &inserted);
-      if (inserted) {
-        if (s < 0) s = shard_of(v);
-        ids[num_unique] = v;
-        shard[num_unique] = static_cast<int32_t>(s);
-        pos[num_unique] = counts[s - task.lo]++;
-        ++num_unique;
-      }
-      raw[i] = u;
+      begin = end;
     }
-    task.num_unique = num_unique;
+    task_unique[t] = unique;
     int32_t* block_sizes = slot_counts + task.batch * blocks + m;  // block (s, m) at [s * M]
     for (int64_t s = task.lo; s < task.hi; ++s) block_sizes[s * num_tables] = counts[s - task.lo];
     return ffi::Error::Success();
   }));
-  scratch.clear();
 
   // Phase 2: block layout per batch element.
   std::vector<int64_t> id_base(batch * blocks), emb_base(batch * blocks);
@@ -176,31 +224,20 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
     std::fill(out_ids + b * total + unique, out_ids + (b + 1) * total, T{0});
   }
 
-  // Phase 3: unique ids to their block positions; raw ids' unique numbers to fused offsets.
-  return ParallelFor(&pool, num_tasks, workers, [&](int64_t t, int64_t) {
+  // Phase 3: distinct ids to their block positions; raw ids' unique numbers to fused offsets.
+  return ParallelFor(&pool, num_tasks, workers, [&](int64_t t, int64_t worker) {
     const Task& task = tasks[t];
-    const int64_t m = task.table, n = length[m], dim = dims[m];
-    const int64_t* ids_at = id_base.data() + task.batch * blocks + m;
-    const int64_t* emb_at = emb_base.data() + task.batch * blocks + m;
-    T* out = out_ids + task.batch * total;
-    const T* ids = unique_ids.get() + task.first;
-    const int32_t* shard = unique_shard.get() + task.first;
-    int32_t* pos = unique_pos.get() + task.first;
-    for (int64_t k = 0; k < task.num_unique; ++k) {
-      const int64_t block = shard[k] * num_tables;
-      out[ids_at[block] + pos[k]] = ids[k];
-      pos[k] = static_cast<int32_t>(emb_at[block] + pos[k] * dim);  // < E_tot, checked to fit
-    }
-    int32_t* raw = offsets + task.batch * total + start[m];
-    if (task.lo == first_shard && task.hi == num_shards) {
-      for (int64_t i = 0; i < n; ++i) raw[i] = pos[raw[i]];
-    } else {
-      const T* x = data[m] + task.batch * stride[m];
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t s = shard_of(x[i]);
-        if (s >= task.lo && s < task.hi) raw[i] = pos[raw[i]];
-      }
-    }
+    const int64_t m = task.table;
+    std::vector<int32_t>& positions = scratch[worker].counts;
+    positions.assign(task.hi - task.lo, 0);
+    std::vector<int32_t>& offset_of = scratch[worker].offsets;
+    if (offset_of.size() < static_cast<size_t>(task_unique[t])) offset_of.resize(task_unique[t]);
+    const auto scatter = task.lo == first_shard && task.hi == num_shards ? ScatterIds<true, T>
+                                                                         : ScatterIds<false, T>;
+    scatter(data[m] + task.batch * stride[m], length[m], shard_of, task.lo, task.hi, num_tables,
+            dims[m], id_base.data() + task.batch * blocks + m,
+            emb_base.data() + task.batch * blocks + m, positions.data(), offset_of.data(),
+            out_ids + task.batch * total, offsets + task.batch * total + start[m]);
     return ffi::Error::Success();
   });
 }

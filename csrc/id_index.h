@@ -3,42 +3,52 @@
 #ifndef JAX_DISTOPS_CSRC_ID_INDEX_H_
 #define JAX_DISTOPS_CSRC_ID_INDEX_H_
 
+#include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "sharding.h"
 
 namespace jax_distops {
 
-// Linear probing, power-of-two capacity, load factor at most 1/2 (it doubles when needed). Meant to
-// be reused: `Reset` empties it in O(1) by bumping a generation number (a slot is occupied only if
-// it carries the current generation), so one worker can dedup many tables with one allocation.
+// Linear probing at load factor <= 1/2; the capacity is any size (a slot is picked by the high bits
+// of hash * capacity, not by a power-of-two mask), so an index sized for its data stays as small
+// as possible and more often fits the core's L2 cache. Meant to be reused: `Reset` empties it in
+// O(1) by bumping a generation number (a slot is occupied only if it carries the current
+// generation), so one worker can dedup many tables with one allocation.
 class IdIndex {
  public:
-  // Empties the index and sizes it for about `expected_unique` ids.
+  // Empties the index and sizes it for `expected_unique` ids.
   void Reset(int64_t expected_unique) {
-    int64_t cap = 16;
-    while (cap < 2 * expected_unique) cap *= 2;
     NextGeneration();
-    Reserve(cap);
-    SetCapacity(cap);
-    size_ = 0;
+    SetCapacity(CapacityFor(expected_unique));
   }
 
-  const void* SlotAddress(uint64_t key) const { return &slots_[HashId(key) >> shift_]; }
+  // Grows the index (keeping its contents) if it is smaller than `expected_unique` ids need.
+  void Reserve(int64_t expected_unique) {
+    const int64_t cap = CapacityFor(expected_unique);
+    if (cap > capacity_) Rehash(cap);
+  }
+
+  int64_t capacity_bytes() const { return capacity_ * static_cast<int64_t>(sizeof(Slot)); }
+
+  const void* SlotAddress(uint64_t key) const { return &slots_[Home(key)]; }
 
   // Returns the number of `key`, inserting it with number `next` if absent (then *inserted = true).
+  // Numbers are dense: `next` must be the number of keys inserted since Reset. (The index keeps no
+  // size of its own: a member updated per id would be reloaded per id, since the slot stores may
+  // alias it.)
   int32_t FindOrInsert(uint64_t key, int32_t next, bool* inserted) {
-    uint64_t i = HashId(key) >> shift_;
+    uint64_t i = Home(key);
     for (;;) {
       Slot& slot = slots_[i];
       if (slot.generation != generation_) {
-        if (2 * (size_ + 1) > capacity_) {
-          Grow();
+        if (2 * (int64_t{next} + 1) > capacity_) {
+          Rehash(2 * capacity_);
           return FindOrInsert(key, next, inserted);
         }
         slot = Slot{key, next, generation_};
-        ++size_;
         *inserted = true;
         return next;
       }
@@ -46,7 +56,7 @@ class IdIndex {
         *inserted = false;
         return slot.number;
       }
-      i = (i + 1) & mask_;
+      i = i + 1 == static_cast<uint64_t>(capacity_) ? 0 : i + 1;
     }
   }
 
@@ -57,45 +67,59 @@ class IdIndex {
     uint32_t generation;  // the slot is occupied iff this equals generation_
   };
 
-  void SetCapacity(int64_t cap) {
-    capacity_ = cap;
-    mask_ = static_cast<uint64_t>(cap) - 1;
-    shift_ = 64 - __builtin_ctzll(static_cast<uint64_t>(cap));
+  static int64_t CapacityFor(int64_t expected_unique) {
+    return std::max<int64_t>(16, 2 * expected_unique + 2);
   }
 
-  // A generation number never used before in this buffer, so every slot reads as empty.
+  uint64_t Home(uint64_t key) const { return MulHi64(HashId(key), static_cast<uint64_t>(capacity_)); }
+
+  // A generation number never used before in either buffer, so every slot reads as empty.
   void NextGeneration() {
     if (++generation_ == 0) {  // wrapped: clear once, then start again at 1
       std::fill(slots_.begin(), slots_.end(), Slot{0, 0, 0});
+      std::fill(spare_.begin(), spare_.end(), Slot{0, 0, 0});
       generation_ = 1;
     }
   }
 
   // New slots get generation 0, which is never current.
-  void Reserve(int64_t cap) {
-    if (static_cast<size_t>(cap) > slots_.size()) slots_.resize(static_cast<size_t>(cap), Slot{0, 0, 0});
+  static void EnsureSize(std::vector<Slot>& slots, int64_t cap) {
+    if (static_cast<size_t>(cap) > slots.size()) slots.resize(static_cast<size_t>(cap), Slot{0, 0, 0});
   }
 
-  void Grow() {
-    std::vector<Slot> old(slots_.begin(), slots_.begin() + capacity_);
+  void SetCapacity(int64_t cap) {
+    EnsureSize(slots_, cap);
+    capacity_ = cap;
+  }
+
+  // Moves the current contents into the spare buffer, resized to `cap` slots, and swaps the two:
+  // growing allocates nothing once both buffers are big enough.
+  void Rehash(int64_t cap) {
     const uint32_t old_generation = generation_;
-    NextGeneration();
-    Reserve(2 * capacity_);
-    SetCapacity(2 * capacity_);
-    for (const Slot& s : old) {
-      if (s.generation != old_generation) continue;
-      uint64_t i = HashId(s.key) >> shift_;
-      while (slots_[i].generation == generation_) i = (i + 1) & mask_;
-      slots_[i] = Slot{s.key, s.number, generation_};
+    const bool wrap = generation_ == std::numeric_limits<uint32_t>::max();  // then both buffers are cleared, around the move
+    if (wrap) {
+      std::fill(spare_.begin(), spare_.end(), Slot{0, 0, 0});
+      generation_ = 1;
+    } else {
+      ++generation_;
     }
+    EnsureSize(spare_, cap);
+    for (int64_t j = 0; j < capacity_; ++j) {
+      const Slot& s = slots_[j];
+      if (s.generation != old_generation) continue;
+      uint64_t i = MulHi64(HashId(s.key), static_cast<uint64_t>(cap));
+      while (spare_[i].generation == generation_) i = i + 1 == static_cast<uint64_t>(cap) ? 0 : i + 1;
+      spare_[i] = Slot{s.key, s.number, generation_};
+    }
+    slots_.swap(spare_);
+    capacity_ = cap;
+    if (wrap) std::fill(spare_.begin(), spare_.end(), Slot{0, 0, 0});
   }
 
   std::vector<Slot> slots_;
+  std::vector<Slot> spare_;  // the other buffer of Rehash
   uint32_t generation_ = 0;
   int64_t capacity_ = 0;
-  uint64_t mask_ = 0;
-  int shift_ = 0;
-  int64_t size_ = 0;
 };
 
 }  // namespace jax_distops
