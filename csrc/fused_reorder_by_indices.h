@@ -8,11 +8,43 @@
 #define JAX_DISTOPS_CSRC_FUSED_REORDER_BY_INDICES_H_
 
 #include <cstdint>
+
+#include "sharding.h"
+
+namespace jax_distops {
+
+// From the block sizes `counts[n * M + m]`, computes where each block starts in the id output
+// (`id_base`) and in the fused embedding buffer (`emb_base`), the per-shard totals, the number of
+// unique ids and the fused buffer length E_tot. 64-bit sums: the caller checks E_tot against int32.
+// XLA-free and host/device, so CUDA kernels can include it.
+DISTOPS_HD void FusedBlockLayout(const int32_t* counts, const int64_t* dims, int64_t num_shards,
+                                 int64_t num_tables, int64_t* id_base, int64_t* emb_base,
+                                 int32_t* shard_sizes, int64_t* num_unique, int64_t* emb_total) {
+  int64_t ids = 0, floats = 0;
+  for (int64_t n = 0; n < num_shards; ++n) {
+    int64_t shard_start = ids;
+    for (int64_t m = 0; m < num_tables; ++m) {
+      int64_t c = counts[n * num_tables + m];
+      id_base[n * num_tables + m] = ids;
+      emb_base[n * num_tables + m] = floats;
+      ids += c;
+      floats += c * dims[m];
+    }
+    // A shard holds at most the total number of ids, which the wrapper keeps below 2^31.
+    shard_sizes[n] = static_cast<int32_t>(ids - shard_start);
+  }
+  *num_unique = ids;
+  *emb_total = floats;
+}
+
+}  // namespace jax_distops
+
+// Host-side validation, shared by the CPU and CUDA handlers (.cc files), not by kernels (.cu).
+#ifndef __CUDACC__  // host compilers only: CUDA kernel files do not include XLA headers
 #include <limits>
 #include <string>
 
 #include "ffi_helpers.h"
-#include "sharding.h"
 
 namespace jax_distops {
 
@@ -43,29 +75,7 @@ inline ffi::Error ValidateFusedReorderAttrs(int64_t num_shards, int64_t first_sh
   return ffi::Error::Success();
 }
 
-// From the block sizes `counts[n * M + m]`, computes where each block starts in the id output
-// (`id_base`) and in the fused embedding buffer (`emb_base`), the per-shard totals, the number of
-// unique ids and the fused buffer length E_tot. 64-bit sums: the caller checks E_tot against int32.
-DISTOPS_HD void FusedBlockLayout(const int32_t* counts, const int64_t* dims, int64_t num_shards,
-                                 int64_t num_tables, int64_t* id_base, int64_t* emb_base,
-                                 int32_t* shard_sizes, int64_t* num_unique, int64_t* emb_total) {
-  int64_t ids = 0, floats = 0;
-  for (int64_t n = 0; n < num_shards; ++n) {
-    int64_t shard_start = ids;
-    for (int64_t m = 0; m < num_tables; ++m) {
-      int64_t c = counts[n * num_tables + m];
-      id_base[n * num_tables + m] = ids;
-      emb_base[n * num_tables + m] = floats;
-      ids += c;
-      floats += c * dims[m];
-    }
-    // A shard holds at most the total number of ids, which the wrapper keeps below 2^31.
-    shard_sizes[n] = static_cast<int32_t>(ids - shard_start);
-  }
-  *num_unique = ids;
-  *emb_total = floats;
-}
-
 }  // namespace jax_distops
+#endif  // host-side validation
 
 #endif  // JAX_DISTOPS_CSRC_FUSED_REORDER_BY_INDICES_H_
