@@ -42,6 +42,10 @@ if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 import oracle  # noqa: E402
 
+# The benchmark's workload builders, so the large tests run exactly the benchmarked workloads.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "benchmarks"))
+from fused_reorder import make_fused_test, make_monolith_bench  # noqa: E402
+
 OP = jax_distops.fused_reorder_by_indices
 ENV_VAR = "MONOLITH_SYNC_EMPTY_RANK0_PS_SHARD"
 FIELDS = (
@@ -932,31 +936,12 @@ def test_fused_embedding_size_at_int32_max_is_accepted(use_jit):
 # --------------------------------------------------------------------------------------------------
 
 
-def _benchmark_workload(rng: np.random.Generator, num_ids: int, num_slots: int):
-    """distribution_ops_fused_benchmark.py (spec 3.6), at reduced size.
-
-    Unique int64 ids over the full range (negatives included), cut into `num_slots` slots at sorted
-    random cut points drawn with replacement (one cut is repeated so at least one slot is empty),
-    each slot concatenated with itself and shuffled.
-    """
-    info = np.iinfo(np.int64)
-    raw = rng.integers(info.min, info.max, size=num_ids, dtype=np.int64, endpoint=True)
-    unique = np.array(list(dict.fromkeys(raw.tolist())), dtype=np.int64)
-    cuts = rng.integers(0, len(unique) + 1, size=num_slots - 2)
-    cuts = np.sort(np.append(cuts, cuts[0]))
-    slots = []
-    for slot in np.split(unique, cuts):
-        doubled = np.concatenate([slot, slot])
-        rng.shuffle(doubled)
-        slots.append(doubled)
-    return slots
-
-
 def test_benchmark_workload_reduced(monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)  # default env: rank0 because 256 > 4
-    num_of_shards, num_slots = 256, 30
-    slots = _benchmark_workload(np.random.default_rng(2024), 200_000, num_slots)
-    assert len(slots) == num_slots and any(len(s) == 0 for s in slots)
+    # The benchmark's own workload builder (Monolith's distribution_ops_fused_benchmark.py), at a
+    # tenth of its size, plus one empty slot (cut points drawn with replacement allow those).
+    slots = make_monolith_bench(100_000, 29, seed=2024) + [np.zeros(0, np.int64)]
+    num_of_shards, num_slots = 256, len(slots)
     dims = [16] * num_slots
 
     res = jax.jit(lambda ids: OP(ids, num_of_shards, dims))(slots)
@@ -973,8 +958,7 @@ def test_benchmark_workload_reduced(monkeypatch):
 def test_monolith_fused_test_workload_reduced(monkeypatch):
     """distribution_ops_fused_test.py test_benchmark (spec 3.6), reduced to 16 x 2048 ids, S=8."""
     monkeypatch.delenv(ENV_VAR, raising=False)  # default env: rank0 because 8 > 4
-    rng = np.random.default_rng(11)
-    ids_list = [rng.integers(0, 2**31, size=2048, dtype=np.int64) for _ in range(16)]
+    ids_list = make_fused_test(num_slots=16, ids_per_slot=2048, seed=11)
     dims = [16] * 16
     res = OP(ids_list, 8, dims)
     assert_result_equal(res, oracle.fused_reorder_by_indices(ids_list, 8, dims, True), np.int64)
