@@ -75,6 +75,7 @@ inline const char* DataTypeName(ffi::DataType dtype) {
 //
 // expands to `switch (dtype) { case S32: return OpImpl<int32_t>(args...); ... default: error }` and
 // therefore returns from the enclosing function. A type list is an X-macro of (ffi enum, C++ type).
+// The arguments may name the dispatched type as `DistopsT_` (e.g. `out->typed_data<DistopsT_>()`).
 // ---------------------------------------------------------------------------------------------------
 template <typename T>
 struct TypeTag {
