@@ -13,8 +13,8 @@
 //      next position of its block -- so blocks come out in first-occurrence order -- its id is
 //      written there, and its fused offset is recorded under u. Every raw id then gets the offset
 //      of its u: a gather, with no second hash probe.
-// Nothing proportional to the input is allocated besides the per-worker index: the raw input and
-// the offsets output carry everything between the phases.
+// Nothing proportional to the input is allocated besides the hash index (kept per thread across
+// calls): the raw input and the offsets output carry everything between the phases.
 //
 // A table much larger than the others is split into shard ranges so that every thread works on it;
 // each such task keeps only the ids of its shards (blocks are per shard, so the tasks are
@@ -37,9 +37,8 @@ struct Task {
   int64_t cost;  // about the number of ids the task keeps; largest tasks are scheduled first
 };
 
-// Per worker, reused across the tasks it runs.
+// Per worker, reused across the tasks it runs (the hash index is per thread: id_index.h).
 struct WorkerScratch {
-  IdIndex index;
   std::vector<int32_t> counts;   // block sizes (phase 1) / next block positions (phase 3)
   std::vector<int32_t> offsets;  // phase 3: fused offset of unique number u
 };
@@ -48,10 +47,6 @@ struct WorkerScratch {
 constexpr int64_t kMinIdsPerSplit = 1 << 16;
 // Total ids below which the whole call runs on the calling thread (pool dispatch costs ~5-10 us).
 constexpr int64_t kMinIdsForThreads = 1 << 15;
-// Tables up to this many ids get an index sized for all of them distinct (<= 1 MiB); larger ones
-// dedup this many ids before the index is sized from the distinct fraction seen so far.
-constexpr int64_t kPresizedIds = 1 << 15;
-constexpr int64_t kSampleIds = 4096;
 // Hash-index slots are prefetched this many ids ahead when the index is this large (measured:
 // for smaller indexes prefetching neither helps nor hurts; for 4 MiB ones it saves 25%).
 constexpr int64_t kPrefetchDistance = 16;
@@ -186,11 +181,10 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
     // of slot_counts, and sharing those cache lines between threads would cost a miss per new id.
     std::vector<int32_t>& counts = scratch[worker].counts;
     counts.assign(task.hi - task.lo, 0);
-    // A small table gets an index for all its ids distinct. A large one is sized from the distinct
-    // fraction of a prefix: big enough not to regrow, small enough to stay in cache (it still
-    // grows if the prefix was not representative).
-    IdIndex& index = scratch[worker].index;
-    const int64_t sample = n <= kPresizedIds ? n : kSampleIds;
+    // Index sized for the whole table when small, else from a prefix (id_index.h).
+    IndexLease lease;
+    IdIndex& index = *lease;
+    const int64_t sample = std::min(n, FirstSizing(n));
     index.Reset(sample);
     int32_t unique = 0;
     for (int64_t begin = 0; begin < n;) {
@@ -200,10 +194,7 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
                              ? (prefetch ? DedupIds<true, true, T> : DedupIds<true, false, T>)
                              : (prefetch ? DedupIds<false, true, T> : DedupIds<false, false, T>);
       unique = dedup(x, begin, end, shard_of, task.lo, task.hi, index, counts.data(), raw, unique);
-      if (begin == 0 && end < n) {
-        const int64_t expected = int64_t{unique} * n / sample;  // plus 1/8 slack
-        index.Reserve(expected + expected / 8);
-      }
+      if (begin == 0 && end < n) index.Reserve(ExpectedUnique(unique, sample, n));
       begin = end;
     }
     task_unique[t] = unique;

@@ -12,6 +12,21 @@
 
 namespace jax_distops {
 
+// Sizing policy of the dedup kernels: an input of up to kPresizedIds ids gets an index for all of
+// them distinct (<= 1 MiB); a larger one dedups its first kSampleIds ids, then Reserve()s what the
+// distinct fraction seen so far predicts (ExpectedUnique): big enough not to regrow, small enough to
+// stay in cache. It still grows if the prefix was not representative.
+inline constexpr int64_t kPresizedIds = 1 << 15;
+inline constexpr int64_t kSampleIds = 4096;
+
+inline int64_t FirstSizing(int64_t n) { return n <= kPresizedIds ? n : kSampleIds; }
+
+// Distinct ids expected among n, from `unique` among the first `seen`, plus 1/8 slack.
+inline int64_t ExpectedUnique(int64_t unique, int64_t seen, int64_t n) {
+  const int64_t expected = unique * n / std::max<int64_t>(seen, 1);
+  return expected + expected / 8;
+}
+
 // Linear probing at load factor <= 1/2; the capacity is any size (a slot is picked by the high bits
 // of hash * capacity, not by a power-of-two mask), so an index sized for its data stays as small
 // as possible and more often fits the core's L2 cache. Meant to be reused: `Reset` empties it in
@@ -32,6 +47,14 @@ class IdIndex {
   }
 
   int64_t capacity_bytes() const { return capacity_ * static_cast<int64_t>(sizeof(Slot)); }
+
+  // Frees the buffers if they hold more than `max_bytes` (the index must be Reset before reuse).
+  void ReleaseAbove(int64_t max_bytes) {
+    if (static_cast<int64_t>((slots_.size() + spare_.size()) * sizeof(Slot)) <= max_bytes) return;
+    std::vector<Slot>().swap(slots_);
+    std::vector<Slot>().swap(spare_);
+    capacity_ = 0;
+  }
 
   const void* SlotAddress(uint64_t key) const { return &slots_[Home(key)]; }
 
@@ -120,6 +143,30 @@ class IdIndex {
   std::vector<Slot> spare_;  // the other buffer of Rehash
   uint32_t generation_ = 0;
   int64_t capacity_ = 0;
+};
+
+// The calling thread's index, for one task at a time (a ParallelFor worker runs one task at a
+// time). It outlives the call on purpose: a fresh multi-MiB index costs a page fault per 4 KiB on
+// first touch (~0.45 ms per MiB measured on the project VM, a third of a 2e6-id fused_reorder call),
+// while a reused one costs nothing. Only capacity survives -- every use starts with Reset -- and a
+// task gives back anything above kMaxCachedIndexBytes when it is done (see IndexLease).
+inline constexpr int64_t kMaxCachedIndexBytes = int64_t{64} << 20;
+
+class IndexLease {
+ public:
+  IndexLease() : index_(ThreadIndex()) {}
+  ~IndexLease() { index_.ReleaseAbove(kMaxCachedIndexBytes); }
+  IndexLease(const IndexLease&) = delete;
+  IndexLease& operator=(const IndexLease&) = delete;
+  IdIndex& operator*() { return index_; }
+  IdIndex* operator->() { return &index_; }
+
+ private:
+  static IdIndex& ThreadIndex() {
+    thread_local IdIndex index;
+    return index;
+  }
+  IdIndex& index_;
 };
 
 }  // namespace jax_distops
