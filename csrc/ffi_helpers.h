@@ -76,6 +76,9 @@ inline const char* DataTypeName(ffi::DataType dtype) {
 // expands to `switch (dtype) { case S32: return OpImpl<int32_t>(args...); ... default: error }` and
 // therefore returns from the enclosing function. A type list is an X-macro of (ffi enum, C++ type).
 // The arguments may name the dispatched type as `DistopsT_` (e.g. `out->typed_data<DistopsT_>()`).
+// For a second dispatch inside a template on an already known type U, declare the implementation
+// `template <typename T, typename U> ffi::Error Impl(TypeTag<U>, ...)` and pass `TypeTag<U>{}`
+// first: U is deduced, T dispatched.
 // ---------------------------------------------------------------------------------------------------
 template <typename T>
 struct TypeTag {

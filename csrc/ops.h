@@ -3,6 +3,11 @@
 #ifndef JAX_DISTOPS_CSRC_OPS_H_
 #define JAX_DISTOPS_CSRC_OPS_H_
 
-#define DISTOPS_CPU_OPS(X) X(fused_reorder_by_indices, FusedReorderByIndices)
+#define DISTOPS_CPU_OPS(X)                             \
+  X(fused_reorder_by_indices, FusedReorderByIndices)   \
+  X(ragged_split_by_indices, RaggedSplitByIndices)     \
+  X(reorder_by_indices, ReorderByIndices)              \
+  X(split_by_indices, SplitByIndices)                  \
+  X(split_by_indices_gradient, SplitByIndicesGradient)
 
 #endif  // JAX_DISTOPS_CSRC_OPS_H_

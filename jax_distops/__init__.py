@@ -9,12 +9,22 @@ from . import _compat  # noqa: F401  (version check first)
 from ._ffi import has_cuda_support
 from ._types import Ragged
 from .ops.fused_reorder_by_indices import FusedReorderResult, fused_reorder_by_indices
+from .ops.ragged_split_by_indices import RaggedSplitResult, ragged_split_by_indices
+from .ops.reorder_by_indices import ReorderResult, reorder_by_indices
+from .ops.split_by_indices import SplitResult, split_by_indices, split_by_indices_gradient
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FusedReorderResult",
     "Ragged",
+    "RaggedSplitResult",
+    "ReorderResult",
+    "SplitResult",
     "fused_reorder_by_indices",
     "has_cuda_support",
+    "ragged_split_by_indices",
+    "reorder_by_indices",
+    "split_by_indices",
+    "split_by_indices_gradient",
 ]

@@ -12,6 +12,7 @@ import numpy as np
 from . import _compat
 
 ID_DTYPES = tuple(np.dtype(t) for t in (np.int32, np.int64, np.uint32, np.uint64))
+INDEX_DTYPES = tuple(np.dtype(t) for t in (np.int32, np.int64))
 INT32_MAX = int(np.iinfo(np.int32).max)
 
 
@@ -56,3 +57,13 @@ def check_int32_count(value: int, op: str, what: str) -> None:
     """Counts and offsets are int32 (as in Monolith): refuse statically sizes that cannot fit."""
     if value > INT32_MAX:
         raise ValueError(f"{op}: {what} is {value}, more than int32 counts/offsets can hold ({INT32_MAX})")
+
+
+def concrete(x: Any, op: str, what: str) -> np.ndarray:
+    """``x`` as a numpy array; a clear error when it is traced (data-dependent sizes need values)."""
+    if _compat.is_tracer(x):
+        raise ValueError(
+            f"{op}: {what} needs concrete values and cannot run inside jax.jit, vmap or grad "
+            "(the pieces have data-dependent sizes); call it on the result outside the traced function"
+        )
+    return np.asarray(x)

@@ -15,7 +15,7 @@ import warnings
 
 import jax
 import numpy as np
-from jax.interpreters import batching, xla
+from jax.interpreters import ad, batching, xla
 
 MIN_JAX_VERSION = (0, 8, 0)
 
@@ -64,3 +64,13 @@ def register_batching_rule(prim, rule):
 def x64_enabled() -> bool:
     """Whether 64-bit dtypes are live (``jax_enable_x64``, including the ``jax.enable_x64`` context)."""
     return jax.dtypes.canonicalize_dtype(np.int64) == np.dtype(np.int64)
+
+
+def is_tracer(x) -> bool:
+    """Whether ``x`` is a traced value (inside jit/vmap/grad) rather than a concrete array."""
+    return isinstance(x, jax.core.Tracer)
+
+
+def zero_tangent(x):
+    """A symbolic-zero tangent for primal ``x`` (``ad.Zero.from_primal_value`` is gone in jax 0.10)."""
+    return ad.Zero(jax.typeof(x).to_tangent_aval())

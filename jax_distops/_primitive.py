@@ -55,7 +55,8 @@ def register_primitive(
 
     Args:
       prim: from :func:`new_primitive`; its name is the op name and the FFI target suffix.
-      abstract_eval: ``(*core_avals, **params) -> [(shape, dtype), ...]`` for the unbatched op.
+      abstract_eval: ``(*core_avals, **params) -> [(shape, dtype), ...]`` for the unbatched op
+        (a one-element list for a single-result primitive).
       in_core_ndims: ``(num_operands, **params) -> ranks`` of the operands without batch dims.
       ffi_attrs: ``(**params) -> attributes`` as typed numpy scalars/arrays for the FFI handler
         (params stay hashable tuples/ints; conversion happens here, at lowering). Default: params.
@@ -66,7 +67,11 @@ def register_primitive(
     """
     op = prim.name
     prim.def_impl(_compat.apply_primitive(prim))
-    prim.def_abstract_eval(functools.partial(_batched_abstract_eval, op, abstract_eval, in_core_ndims))
+    prim.def_abstract_eval(
+        functools.partial(
+            _batched_abstract_eval, op, abstract_eval, in_core_ndims, prim.multiple_results
+        )
+    )
     for platform in _PLATFORMS:
         mlir.register_lowering(
             prim, functools.partial(_lowering, op, ffi_attrs, platform), platform=platform
@@ -93,17 +98,18 @@ def batch_shape(op: str, avals: Sequence[Any], core_ndims: Sequence[int]) -> tup
     return batch
 
 
-def _batched_abstract_eval(op, core_eval, in_core_ndims, /, *avals, **params):
+def _batched_abstract_eval(op, core_eval, in_core_ndims, multiple_results, /, *avals, **params):
     core_ndims = in_core_ndims(len(avals), **params)
     batch = batch_shape(op, avals, core_ndims)
     core_avals = [a.update(shape=a.shape[a.ndim - c :]) for a, c in zip(avals, core_ndims)]
     outs = core_eval(*core_avals, **params)
     # Derive outputs from the widest operand's aval so shard_map's varying-axes type survives.
     ref = max(avals, key=lambda a: a.ndim)
-    return [
+    out_avals = [
         ref.update(shape=batch + tuple(shape), dtype=jnp.dtype(dtype), weak_type=False)
         for shape, dtype in outs
     ]
+    return out_avals if multiple_results else out_avals[0]
 
 
 def _lowering(op, ffi_attrs, platform, ctx, /, *args, **params):
@@ -148,5 +154,5 @@ def _zero_jvp(prim, primals, tangents, /, **params):
     del tangents
     outs = prim.bind(*primals, **params)
     if prim.multiple_results:
-        return outs, [ad.Zero.from_primal_value(o) for o in outs]
-    return outs, ad.Zero.from_primal_value(outs)
+        return outs, [_compat.zero_tangent(o) for o in outs]
+    return outs, _compat.zero_tangent(outs)

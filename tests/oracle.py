@@ -8,7 +8,14 @@ Monolith (DESIGN.md section 2) and its static-shape layout (DESIGN.md section 1)
 outputs are padded with 0 up to their static bound, and every counter is int32.
 
 Ops:
-  * `fused_reorder_by_indices` (spec section 3).
+  * `split_by_indices` and `split_by_indices_gradient` (spec section 1);
+  * `reorder_by_indices` (spec section 2);
+  * `fused_reorder_by_indices` (spec section 3);
+  * `ragged_split_by_indices` (spec section 4).
+Besides the static-shape layouts, `split_by_indices_list` and `ragged_split_by_indices_lists`
+restate Monolith's own list outputs (one array / ragged value per split) directly from the spec,
+so the result objects' `to_list()` / `to_ragged_list()` are checked against an independent
+construction.
 """
 
 from typing import NamedTuple, Optional, Sequence
@@ -112,3 +119,271 @@ def fused_reorder_by_indices(
         num_unique=np.array(len(unique), dtype=np.int32),
         fused_embedding_size=np.array(total_floats, dtype=np.int32),
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# split_by_indices (spec section 1)
+# --------------------------------------------------------------------------------------------------
+
+
+class SplitExpected(NamedTuple):
+    """Expected outputs of `split_by_indices`, same fields and order as the op's result."""
+
+    values: np.ndarray  # tensor dtype, [N, *E]: rows split-major, stable within a split
+    split_sizes: np.ndarray  # int32 [S]
+
+
+def _split_destinations(indices: np.ndarray, num_splits: int) -> list:
+    """dest[i]: the row of the split-major layout that input row i goes to (spec 1.2 / 1.3).
+
+    dest[i] = offset[indices[i]] + r_i, where offset[s] counts the rows of all splits before s and
+    r_i = #{k < i : indices[k] == indices[i]}.
+    """
+    idx = [int(v) for v in np.asarray(indices).tolist()]
+    for i, s in enumerate(idx):
+        if not 0 <= s < num_splits:
+            raise ValueError(f"oracle: indices[{i}] = {s} is outside [0, {num_splits})")
+    counts = [0] * num_splits
+    for s in idx:
+        counts[s] += 1
+    offsets = []
+    running = 0
+    for s in range(num_splits):
+        offsets.append(running)
+        running += counts[s]
+    seen = [0] * num_splits  # rows of split s placed so far
+    dest = []
+    for s in idx:
+        dest.append(offsets[s] + seen[s])
+        seen[s] += 1
+    return dest
+
+
+def split_by_indices(indices, tensor, num_splits: int) -> SplitExpected:
+    """Spec 1.2: a stable partition of the rows of `tensor` by `indices` (no dedup).
+
+    Args:
+      indices: 1-D integer `[N]`, every entry in `[0, num_splits)`.
+      tensor: `[N, *E]`, any dtype (rows are only moved, never looked at).
+      num_splits: S >= 1.
+
+    Returns:
+      `values` (the rows of split 0 in ascending input order, then split 1, ...) and `split_sizes`.
+    """
+    indices = np.asarray(indices)
+    tensor = np.asarray(tensor)
+    assert indices.ndim == 1 and tensor.ndim >= 1 and tensor.shape[0] == indices.shape[0]
+    assert num_splits >= 1
+    idx = [int(v) for v in indices.tolist()]
+    rows_of = [[] for _ in range(num_splits)]  # input rows of each split, ascending
+    for i, s in enumerate(idx):
+        if not 0 <= s < num_splits:
+            raise ValueError(f"oracle: indices[{i}] = {s} is outside [0, {num_splits})")
+        rows_of[s].append(i)
+    values = np.zeros_like(tensor)
+    out_row = 0
+    for s in range(num_splits):
+        for i in rows_of[s]:
+            values[out_row] = tensor[i]
+            out_row += 1
+    sizes = [len(rows) for rows in rows_of]
+    return SplitExpected(values=values, split_sizes=np.array(sizes, dtype=np.int32))
+
+
+def split_by_indices_gradient(indices, grads, num_splits: int) -> np.ndarray:
+    """Spec 1.3: `g_in[i] = grads[indices[i]][r_i]`, i.e. `grads[dest(i)]` (split-major layout).
+
+    Args:
+      indices: 1-D integer `[N]`, every entry in `[0, num_splits)`.
+      grads: `[N, *E]` in the layout of `split_by_indices(...).values` (split-major).
+      num_splits: S >= 1.
+
+    Returns:
+      `[N, *E]` gradient rows in the original input order (the inverse permutation).
+    """
+    grads = np.asarray(grads)
+    assert grads.ndim >= 1 and grads.shape[0] == len(indices)
+    dest = _split_destinations(indices, num_splits)
+    out = np.zeros_like(grads)
+    for i, d in enumerate(dest):
+        out[i] = grads[d]
+    return out
+
+
+def split_by_indices_list(indices, tensor, num_splits: int) -> list:
+    """Monolith's own output (spec 1.1): S arrays, `out_s = [tensor[i] if indices[i] == s]`."""
+    tensor = np.asarray(tensor)
+    idx = [int(v) for v in np.asarray(indices).tolist()]
+    rows_of = [[] for _ in range(num_splits)]
+    for i, s in enumerate(idx):
+        rows_of[s].append(i)
+    out = []
+    for s in range(num_splits):
+        piece = np.zeros((len(rows_of[s]),) + tensor.shape[1:], dtype=tensor.dtype)
+        for k, i in enumerate(rows_of[s]):
+            piece[k] = tensor[i]
+        out.append(piece)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# reorder_by_indices (spec section 2)
+# --------------------------------------------------------------------------------------------------
+
+
+class ReorderExpected(NamedTuple):
+    """Expected outputs of `reorder_by_indices`, same fields and order as the op's result."""
+
+    output: np.ndarray  # input dtype, input shape: kept rows shard by shard, then zero rows
+    shard_sizes: np.ndarray  # int32 [S]
+    num_unique: np.ndarray  # int32 scalar
+
+
+def reorder_by_indices(input, shard_ids, num_of_shards: int) -> ReorderExpected:  # noqa: A002
+    """Spec 2.2, padded with zero rows to the input's shape (DESIGN.md section 1).
+
+    1. key(i) = input[i] (1-D) or input[i, 0] (2-D; the other columns are ignored, Appendix A20).
+    2. Row i is kept iff key(i) was not seen at any earlier row; its shard is shard_ids[i] of that
+       first occurrence (later duplicates' shard ids are ignored).
+    3. Output: for s = 0..S-1, shard s's kept rows in REVERSE first-occurrence order.
+    4. Float keys: +0.0 == -0.0 (one key; the kept row is copied as is), every NaN is its own key.
+
+    Args:
+      input: `[N]` or `[N, E]` (E >= 1).
+      shard_ids: 1-D integer `[N]`, every entry in `[0, num_of_shards)` (also for duplicates: the
+        jax_distops op checks them all).
+      num_of_shards: S >= 1.
+    """
+    rows = np.asarray(input)
+    sids = [int(v) for v in np.asarray(shard_ids).tolist()]
+    assert rows.ndim in (1, 2) and len(sids) == rows.shape[0] and num_of_shards >= 1
+    assert rows.ndim == 1 or rows.shape[1] >= 1
+    for i, s in enumerate(sids):
+        if not 0 <= s < num_of_shards:
+            raise ValueError(f"oracle: shard_ids[{i}] = {s} is outside [0, {num_of_shards})")
+    keys = (rows if rows.ndim == 1 else rows[:, 0]).tolist()  # Python ints / floats
+    seen = set()
+    kept = [[] for _ in range(num_of_shards)]  # kept input rows per shard, first-occurrence order
+    for i, key in enumerate(keys):
+        if isinstance(key, float) and key != key:
+            kept[sids[i]].append(i)  # NaN: never equal to anything, always kept
+            continue
+        # Python's float equality and hash already make 0.0 and -0.0 one key.
+        if key in seen:
+            continue
+        seen.add(key)
+        kept[sids[i]].append(i)
+    output = np.zeros_like(rows)
+    out_row = 0
+    for s in range(num_of_shards):
+        for i in reversed(kept[s]):
+            output[out_row] = rows[i]
+            out_row += 1
+    return ReorderExpected(
+        output=output,
+        shard_sizes=np.array([len(k) for k in kept], dtype=np.int32),
+        num_unique=np.array(out_row, dtype=np.int32),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# ragged_split_by_indices (spec section 4)
+# --------------------------------------------------------------------------------------------------
+
+
+class RaggedSplitExpected(NamedTuple):
+    """Expected outputs of `ragged_split_by_indices`, same fields and order as the op's result."""
+
+    values: np.ndarray  # values dtype [N]: split-major, stable
+    positions: np.ndarray  # row_splits dtype [N]: the flat input index of each value
+    row_splits: np.ndarray  # row_splits dtype [S, R+1]: ABSOLUTE offsets into `values`
+
+
+def _check_ragged_inputs(indices, values, row_splits, num_splits):
+    idx = [int(v) for v in np.asarray(indices).tolist()]
+    vals = np.asarray(values)
+    splits = [int(v) for v in np.asarray(row_splits).tolist()]
+    assert vals.ndim == 1 and len(idx) == vals.shape[0] and num_splits >= 1
+    assert len(splits) >= 1, "row_splits needs at least one entry"
+    if splits[0] != 0 or splits[-1] != len(idx):
+        raise ValueError(f"oracle: row_splits {splits} do not span [0, {len(idx)}]")
+    if any(b < a for a, b in zip(splits, splits[1:])):
+        raise ValueError(f"oracle: row_splits {splits} decrease")
+    for i, s in enumerate(idx):
+        if not 0 <= s < num_splits:
+            raise ValueError(f"oracle: indices[{i}] = {s} is outside [0, {num_splits})")
+    return idx, vals, splits
+
+
+def ragged_split_by_indices(indices, values, row_splits, num_splits: int) -> RaggedSplitExpected:
+    """Spec 4.2 in jax_distops' static layout (DESIGN.md section 3).
+
+    Split s holds `[values[i] for i ascending if indices[i] == s]` with positions `i`; splits are
+    concatenated in order. `row_splits[s, r] = offset_s + #{i < row_splits_in[r] : indices[i] == s}`
+    where offset_s is the number of values of all splits before s.
+
+    Args:
+      indices: 1-D integer `[N]`, every entry in `[0, num_splits)`.
+      values: 1-D `[N]`, the ragged input's flat values.
+      row_splits: 1-D integer `[R+1]`, valid: starts at 0, non-decreasing, ends at N.
+      num_splits: S >= 1.
+    """
+    idx, vals, splits = _check_ragged_inputs(indices, values, row_splits, num_splits)
+    splits_dtype = np.asarray(row_splits).dtype
+    n = len(idx)
+    positions_of = [[] for _ in range(num_splits)]  # input positions of each split, ascending
+    for i, s in enumerate(idx):
+        positions_of[s].append(i)
+    offsets = []
+    running = 0
+    for s in range(num_splits):
+        offsets.append(running)
+        running += len(positions_of[s])
+    # Walk the row boundaries in order; counts[s] = #{i < bound : indices[i] == s}.
+    out_splits = [[0] * len(splits) for _ in range(num_splits)]
+    counts = [0] * num_splits
+    i = 0
+    for r, bound in enumerate(splits):
+        while i < bound:
+            counts[idx[i]] += 1
+            i += 1
+        for s in range(num_splits):
+            out_splits[s][r] = offsets[s] + counts[s]
+    order = [i for s in range(num_splits) for i in positions_of[s]]
+    values_out = np.zeros_like(vals)
+    for k, i in enumerate(order):
+        values_out[k] = vals[i]
+    return RaggedSplitExpected(
+        values=values_out,
+        positions=np.array(order, dtype=splits_dtype).reshape(n),
+        row_splits=np.array(out_splits, dtype=splits_dtype).reshape(num_splits, len(splits)),
+    )
+
+
+def ragged_split_by_indices_lists(indices, values, row_splits, num_splits: int):
+    """Monolith's own two outputs (spec 4.1/4.2): per split, a ragged value, relative row splits.
+
+    Returns:
+      `(values_list, positions_list)`; each is a list of S `(flat, row_splits)` pairs of numpy
+      arrays, where split s's row r is `flat[row_splits[r]:row_splits[r+1]]`, `row_splits[0] == 0`.
+    """
+    idx, vals, splits = _check_ragged_inputs(indices, values, row_splits, num_splits)
+    splits_dtype = np.asarray(row_splits).dtype
+    flat_values = [[] for _ in range(num_splits)]
+    flat_positions = [[] for _ in range(num_splits)]
+    rel_splits = [[0] for _ in range(num_splits)]
+    for r in range(len(splits) - 1):
+        for i in range(splits[r], splits[r + 1]):
+            flat_values[idx[i]].append(vals[i])
+            flat_positions[idx[i]].append(i)
+        for s in range(num_splits):
+            rel_splits[s].append(len(flat_values[s]))
+    values_list, positions_list = [], []
+    for s in range(num_splits):
+        value_arr = np.zeros(len(flat_values[s]), dtype=vals.dtype)
+        for k, v in enumerate(flat_values[s]):
+            value_arr[k] = v
+        rs = np.array(rel_splits[s], dtype=splits_dtype)
+        values_list.append((value_arr, rs))
+        positions_list.append((np.array(flat_positions[s], dtype=splits_dtype), rs.copy()))
+    return values_list, positions_list

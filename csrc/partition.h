@@ -1,0 +1,105 @@
+// Stable partition of rows by a split index, in parallel: the core of split_by_indices (rows move to
+// split-major order), its gradient (rows move back) and ragged_split_by_indices. Host only.
+//
+// For one batch element with n rows, row i goes to split part[i] in [0, S), and the rows of a split
+// keep their order. Work is cut into chunks of consecutive rows; pass 1 counts each chunk's rows per
+// split (and validates the split indices), a prefix sum over (split, chunk) gives every chunk its
+// first destination in each split, and pass 2 walks each chunk again, handing every row its
+// destination. Chunks of all batch elements are tasks of the same two parallel passes.
+#ifndef JAX_DISTOPS_CSRC_PARTITION_H_
+#define JAX_DISTOPS_CSRC_PARTITION_H_
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ffi_helpers.h"
+
+namespace jax_distops {
+
+// The error for an index outside [0, bound) at `position` (flat, over the batch) of `arg`.
+inline ffi::Error IndexOutOfRange(const char* op, const char* arg, int64_t value, int64_t position,
+                                  int64_t bound) {
+  return InvalidArgument(op, std::string(arg) + " has value " + std::to_string(value) +
+                                 " at position " + std::to_string(position) + ", outside [0, " +
+                                 std::to_string(bound) + ")");
+}
+
+// Rows per chunk below which a chunk is not worth a task.
+inline constexpr int64_t kMinRowsPerChunk = 1 << 14;
+
+// Partition plan: for `batch` batch elements of `n` rows each, split into `num_splits` parts by
+// `part[b * n + i]` (an int32 or int64 array, validated to lie in [0, num_splits)).
+//   counts(b, s): rows of split s in batch element b (written to `sizes[b * S + s]` as int32);
+//   Run(visit): calls visit(b, i, dest) for every row, dest = its split-major stable position.
+template <typename Index>
+class StablePartition {
+ public:
+  StablePartition(ffi::ThreadPool* pool, int64_t workers, const Index* part, int64_t part_stride,
+                  int64_t batch, int64_t n, int64_t num_splits)
+      : pool_(pool), part_(part), part_stride_(part_stride), batch_(batch), n_(n), splits_(num_splits) {
+    // Chunks per batch element: a few per worker, each worth a task, and few enough that the
+    // per-(chunk, split) counters stay small next to the rows themselves.
+    if (workers > 1) {
+      chunks_ = std::max<int64_t>(1, std::min({4 * workers, (n + kMinRowsPerChunk - 1) / kMinRowsPerChunk,
+                                               n / num_splits}));
+    }
+    workers_ = workers;
+    next_.assign(batch * chunks_ * num_splits, 0);
+  }
+
+  // Pass 1 and the prefix sums. Fails on an index outside [0, num_splits).
+  ffi::Error Count(const char* op, const char* arg, int32_t* sizes) {
+    FFI_RETURN_IF_ERROR(ParallelFor(pool_, batch_ * chunks_, workers_, [&](int64_t t, int64_t) {
+      const int64_t b = t / chunks_, c = t % chunks_;
+      const Index* part = part_ + b * part_stride_;
+      int64_t* count = next_.data() + t * splits_;
+      for (int64_t i = Begin(c); i < Begin(c + 1); ++i) {
+        const int64_t s = static_cast<int64_t>(part[i]);
+        if (s < 0 || s >= splits_) return IndexOutOfRange(op, arg, s, b * n_ + i, splits_);
+        ++count[s];
+      }
+      return ffi::Error::Success();
+    }));
+    for (int64_t b = 0; b < batch_; ++b) {  // counts -> first destination of (chunk, split)
+      int64_t dest = 0;
+      for (int64_t s = 0; s < splits_; ++s) {
+        const int64_t first = dest;
+        for (int64_t c = 0; c < chunks_; ++c) {
+          int64_t& slot = next_[(b * chunks_ + c) * splits_ + s];
+          const int64_t count = slot;
+          slot = dest;
+          dest += count;
+        }
+        if (sizes != nullptr) sizes[b * splits_ + s] = static_cast<int32_t>(dest - first);
+      }
+    }
+    return ffi::Error::Success();
+  }
+
+  // Pass 2: visit(b, i, dest) for every row (after Count).
+  template <typename Visit>
+  ffi::Error Run(Visit&& visit) {
+    return ParallelFor(pool_, batch_ * chunks_, workers_, [&](int64_t t, int64_t) {
+      const int64_t b = t / chunks_, c = t % chunks_;
+      const Index* part = part_ + b * part_stride_;
+      int64_t* next = next_.data() + t * splits_;
+      for (int64_t i = Begin(c); i < Begin(c + 1); ++i) visit(b, i, next[part[i]]++);
+      return ffi::Error::Success();
+    });
+  }
+
+ private:
+  int64_t Begin(int64_t c) const { return n_ * c / chunks_; }
+
+  ffi::ThreadPool* pool_;
+  const Index* part_;
+  int64_t part_stride_, batch_, n_, splits_;
+  int64_t chunks_ = 1, workers_ = 1;
+  std::vector<int64_t> next_;  // [batch][chunk][split]: rows counted, then next destination
+};
+
+}  // namespace jax_distops
+
+#endif  // JAX_DISTOPS_CSRC_PARTITION_H_
