@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -29,16 +30,19 @@ inline ffi::Error IndexOutOfRange(const char* op, const char* arg, int64_t value
 // Rows per chunk below which a chunk is not worth a task.
 inline constexpr int64_t kMinRowsPerChunk = 1 << 14;
 
+// A part function's answer for a row that takes part in no split (it is neither counted nor visited).
+inline constexpr int64_t kSkipRow = std::numeric_limits<int64_t>::min();
+
 // Partition plan: for `batch` batch elements of `n` rows each, split into `num_splits` parts by
-// `part[b * n + i]` (an int32 or int64 array, validated to lie in [0, num_splits)).
-//   counts(b, s): rows of split s in batch element b (written to `sizes[b * S + s]` as int32);
+// `part(b, i)` (validated to lie in [0, num_splits), or kSkipRow).
+//   Count(): rows per split of each batch element (also written to `sizes[b * S + s]` as int32);
 //   Run(visit): calls visit(b, i, dest) for every row, dest = its split-major stable position.
-template <typename Index>
+template <typename PartFn>
 class StablePartition {
  public:
-  StablePartition(ffi::ThreadPool* pool, int64_t workers, const Index* part, int64_t part_stride,
-                  int64_t batch, int64_t n, int64_t num_splits)
-      : pool_(pool), part_(part), part_stride_(part_stride), batch_(batch), n_(n), splits_(num_splits) {
+  StablePartition(ffi::ThreadPool* pool, int64_t workers, PartFn part, int64_t batch, int64_t n,
+                  int64_t num_splits)
+      : pool_(pool), part_(part), batch_(batch), n_(n), splits_(num_splits) {
     // Chunks per batch element: a few per worker, each worth a task, and few enough that the
     // per-(chunk, split) counters stay small next to the rows themselves.
     if (workers > 1) {
@@ -49,15 +53,21 @@ class StablePartition {
     next_.assign(batch * chunks_ * num_splits, 0);
   }
 
-  // Pass 1 and the prefix sums. Fails on an index outside [0, num_splits).
+  // Pass 1 and the prefix sums. Fails on a part outside [0, num_splits) (and not kSkipRow).
   ffi::Error Count(const char* op, const char* arg, int32_t* sizes) {
     FFI_RETURN_IF_ERROR(ParallelFor(pool_, batch_ * chunks_, workers_, [&](int64_t t, int64_t) {
       const int64_t b = t / chunks_, c = t % chunks_;
-      const Index* part = part_ + b * part_stride_;
+      // Locals, not members, in the loops: the counter stores could alias the members, which the
+      // compiler would then reload (and Begin() recompute, with a division) every iteration.
       int64_t* count = next_.data() + t * splits_;
-      for (int64_t i = Begin(c); i < Begin(c + 1); ++i) {
-        const int64_t s = static_cast<int64_t>(part[i]);
-        if (s < 0 || s >= splits_) return IndexOutOfRange(op, arg, s, b * n_ + i, splits_);
+      const int64_t begin = Begin(c), end = Begin(c + 1), splits = splits_;
+      const PartFn part = part_;
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t s = part(b, i);
+        if (static_cast<uint64_t>(s) >= static_cast<uint64_t>(splits)) {
+          if (s == kSkipRow) continue;
+          return IndexOutOfRange(op, arg, s, b * n_ + i, splits);
+        }
         ++count[s];
       }
       return ffi::Error::Success();
@@ -78,14 +88,19 @@ class StablePartition {
     return ffi::Error::Success();
   }
 
-  // Pass 2: visit(b, i, dest) for every row (after Count).
+  // Pass 2: visit(b, i, dest) for every row that is not skipped (after Count).
   template <typename Visit>
   ffi::Error Run(Visit&& visit) {
     return ParallelFor(pool_, batch_ * chunks_, workers_, [&](int64_t t, int64_t) {
       const int64_t b = t / chunks_, c = t % chunks_;
-      const Index* part = part_ + b * part_stride_;
       int64_t* next = next_.data() + t * splits_;
-      for (int64_t i = Begin(c); i < Begin(c + 1); ++i) visit(b, i, next[part[i]]++);
+      const int64_t begin = Begin(c), end = Begin(c + 1);
+      const PartFn part = part_;
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t s = part(b, i);
+        if (s == kSkipRow) continue;
+        visit(b, i, next[s]++);
+      }
       return ffi::Error::Success();
     });
   }
@@ -94,11 +109,28 @@ class StablePartition {
   int64_t Begin(int64_t c) const { return n_ * c / chunks_; }
 
   ffi::ThreadPool* pool_;
-  const Index* part_;
-  int64_t part_stride_, batch_, n_, splits_;
+  PartFn part_;
+  int64_t batch_, n_, splits_;
   int64_t chunks_ = 1, workers_ = 1;
   std::vector<int64_t> next_;  // [batch][chunk][split]: rows counted, then next destination
 };
+
+// The part function of an index array: part(b, i) = index[b * stride + i].
+template <typename Index>
+struct IndexArrayPart {
+  const Index* index;
+  int64_t stride;
+  int64_t operator()(int64_t b, int64_t i) const { return static_cast<int64_t>(index[b * stride + i]); }
+};
+
+template <typename Index>
+StablePartition<IndexArrayPart<Index>> PartitionByIndexArray(ffi::ThreadPool* pool, int64_t workers,
+                                                             const Index* index, int64_t stride,
+                                                             int64_t batch, int64_t n,
+                                                             int64_t num_splits) {
+  return StablePartition<IndexArrayPart<Index>>(pool, workers, IndexArrayPart<Index>{index, stride},
+                                                batch, n, num_splits);
+}
 
 }  // namespace jax_distops
 

@@ -1,15 +1,15 @@
 // reorder_by_indices, CPU handler. Semantics: spec/monolith_ops.md section 2.
 //
-// Per batch element: one pass dedups the rows on their key (the value of a 1-D input, the first
-// column of a 2-D one) with the shared hash index, keeping each key's first occurrence and that
-// row's shard id, and counts kept rows per shard (validating every shard id). A second pass writes
-// the kept rows shard by shard, filling each shard's block from its end: within a shard the rows
-// come out in reverse first-occurrence order, as in Monolith. Batch elements run in parallel.
+// Phase 1 dedups the rows on their key (the value of a 1-D input, the first column of a 2-D one),
+// marking each key's first occurrence; phase 2 (partition.h) groups the kept rows by the shard id
+// of that first occurrence, filling each shard's block from its end: within a shard the rows come
+// out in reverse first-occurrence order, as in Monolith. Both phases run in parallel.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -22,7 +22,6 @@ namespace jax_distops {
 namespace {
 
 constexpr const char* kReorderOp = "reorder_by_indices";
-constexpr int64_t kPrefetchDistance = 16;
 
 // The dedup key of a row's first element, as 64 bits. Floats compare as values: +0.0 and -0.0 are
 // one key; NaN has no key (every NaN row is distinct, as in Monolith's hash set).
@@ -44,23 +43,33 @@ bool RowKey(T v, uint64_t* key) {
   return true;
 }
 
-struct WorkerScratch {
-  std::vector<uint8_t> kept;     // kept[i]: row i is the first occurrence of its key
-  std::vector<int64_t> cursor;   // per shard: end of the not yet written part of its block
-};
-
 // Row dtypes: the id types and the float types.
 #define DISTOPS_REORDER_TYPES(X) DISTOPS_ID_TYPES(X) X(F32, float) X(F64, double)
 
+// Rows per dedup bucket: its index (~2 x 16 B per distinct key) then fits well inside the core's
+// L2 cache. Index slots are prefetched this many rows ahead.
+constexpr int64_t kRowsPerBucket = 1 << 14;
+constexpr int64_t kMaxBuckets = 256;
+constexpr int64_t kPrefetchDistance = 16;
+// Rows below which the call runs on the calling thread.
+constexpr int64_t kMinRowsForThreads = 1 << 15;
+
+// The dedup bucket of a key: hash bits disjoint from the top bits that pick its index slot, so the
+// keys of one bucket still spread over their whole index.
+inline int64_t BucketOf(uint64_t key, int64_t buckets) {
+  return static_cast<int64_t>((HashId(key) >> 24) & static_cast<uint64_t>(buckets - 1));
+}
+
 template <typename T, typename Index>
-ffi::Error ReorderImpl(TypeTag<Index>, ffi::ThreadPool& pool, const ffi::AnyBuffer& input, const ffi::AnyBuffer& shard_ids,
-                       ffi::Result<ffi::AnyBuffer>& output, int32_t* shard_sizes, int32_t* num_unique,
-                       int64_t num_shards, int64_t row_ndim) {
+ffi::Error ReorderImpl(TypeTag<Index>, ffi::ThreadPool& pool, const ffi::AnyBuffer& input,
+                       const ffi::AnyBuffer& shard_ids, ffi::Result<ffi::AnyBuffer>& output,
+                       int32_t* shard_sizes, int32_t* num_unique, int64_t num_shards,
+                       int64_t row_ndim) {
   const char* op = kReorderOp;
   const auto out_dims = output->dimensions();
   FFI_ASSIGN_OR_RETURN(BatchSplit split, SplitBatch(out_dims, 1 + row_ndim, op, "output"));
   const auto batch_dims = out_dims.first(split.batch_ndim);
-  const int64_t n = out_dims[split.batch_ndim];
+  const int64_t batch = split.batch, n = out_dims[split.batch_ndim];
   const int64_t width = n > 0 ? split.core_size / n : 0;  // elements per row
   FFI_ASSIGN_OR_RETURN(int64_t input_stride,
                        OperandBatchStride(input.dimensions(), 1 + row_ndim, batch_dims, op, "input"));
@@ -70,58 +79,95 @@ ffi::Error ReorderImpl(TypeTag<Index>, ffi::ThreadPool& pool, const ffi::AnyBuff
     return InvalidArgument(op, "shard_ids and input have different numbers of rows");
   }
   if (row_ndim == 1 && n > 0 && width < 1) return InvalidArgument(op, "input rows are empty");
+  const T* in = input.typed_data<T>();
+  const Index* shards = shard_ids.typed_data<Index>();
+  T* out = output->typed_data<T>();
+  const int64_t workers =
+      batch * n >= kMinRowsForThreads ? std::max<int64_t>(1, pool.num_threads()) : 1;
 
-  const int64_t workers = std::min<int64_t>(split.batch, std::max<int64_t>(1, pool.num_threads()));
-  std::vector<WorkerScratch> scratch(workers);
-  return ParallelFor(&pool, split.batch, workers, [&](int64_t b, int64_t worker) -> ffi::Error {
-    const T* in = input.typed_data<T>() + b * input_stride;
-    const Index* shard = shard_ids.typed_data<Index>() + b * shard_stride;
-    T* out = output->typed_data<T>() + b * split.core_size;
-    WorkerScratch& w = scratch[worker];
-    IndexLease index;  // this thread's hash index (id_index.h)
-    w.kept.assign(n, 0);
-    w.cursor.assign(num_shards, 0);
-    // Pass 1: first occurrences and kept rows per shard (cursor holds the counts meanwhile).
-    int32_t unique = 0, indexed = 0;  // kept rows; keys in the index (NaN rows have none)
-    const int64_t sample = std::min(n, FirstSizing(n));
-    index->Reset(sample);
-    for (int64_t i = 0; i < n; ++i) {
-      if (i == sample) index->Reserve(ExpectedUnique(indexed, sample, n));
-      uint64_t ahead;  // prefetch the slot of a row further on: large indexes miss the cache
-      if (i + kPrefetchDistance < n && RowKey(in[(i + kPrefetchDistance) * width], &ahead)) {
-        __builtin_prefetch(index->SlotAddress(ahead));
-      }
-      const int64_t s = static_cast<int64_t>(shard[i]);
-      if (s < 0 || s >= num_shards) {
-        return IndexOutOfRange(op, "shard_ids", s, b * n + i, num_shards);
-      }
-      uint64_t key;
-      bool inserted = true;
-      if (RowKey(in[i * width], &key)) {
-        index->FindOrInsert(key, indexed, &inserted);
-        indexed += inserted;
-      }
-      if (!inserted) continue;
-      ++unique;
-      w.kept[i] = 1;
-      ++w.cursor[s];
+  // Phase 1: first occurrences. The rows are grouped (stably) into buckets by a hash of their key,
+  // so equal keys share a bucket; a task per (batch element, bucket) then dedups its rows, in
+  // order, in its own index -- small enough for the L2 cache, and both threads work. NaN rows have
+  // no key: they form the last bucket, all kept.
+  int64_t buckets = 1;
+  while (buckets < kMaxBuckets && buckets * kRowsPerBucket < n) buckets *= 2;
+  auto bucket_of = [=](int64_t b, int64_t i) -> int64_t {
+    uint64_t key;
+    if (!RowKey(in[b * input_stride + i * width], &key)) return buckets;
+    return buckets > 1 ? BucketOf(key, buckets) : 0;
+  };
+  StablePartition<decltype(bucket_of)> by_bucket(&pool, workers, bucket_of, batch, n, buckets + 1);
+  std::vector<int32_t> bucket_sizes(batch * (buckets + 1));
+  FFI_RETURN_IF_ERROR(by_bucket.Count(op, "input", bucket_sizes.data()));
+  // Per batch element: row numbers, bucket by bucket (every entry is written: no zero fill).
+  std::unique_ptr<int32_t[]> rows(new int32_t[batch * n]);
+  FFI_RETURN_IF_ERROR(by_bucket.Run([&](int64_t b, int64_t i, int64_t dest) {
+    rows[b * n + dest] = static_cast<int32_t>(i);
+  }));
+  std::vector<uint8_t> kept(batch * n, 0);
+  FFI_RETURN_IF_ERROR(ParallelFor(&pool, batch * (buckets + 1), workers, [&](int64_t t, int64_t) {
+    const int64_t b = t / (buckets + 1), bucket = t % (buckets + 1);
+    int64_t first = 0;
+    for (int64_t g = 0; g < bucket; ++g) first += bucket_sizes[b * (buckets + 1) + g];
+    const int32_t* row = rows.get() + b * n + first;
+    const int64_t count = bucket_sizes[b * (buckets + 1) + bucket];
+    uint8_t* keep = kept.data() + b * n;
+    if (bucket == buckets) {  // NaN rows
+      for (int64_t k = 0; k < count; ++k) keep[row[k]] = 1;
+      return ffi::Error::Success();
     }
-    // Block ends, shard-major; shard sizes.
+    const T* x = in + b * input_stride;
+    IndexLease index;  // this thread's hash index (id_index.h)
+    index->Reset(count);
+    int32_t indexed = 0;
+    for (int64_t k = 0; k < count; ++k) {
+      uint64_t key;
+      // Two-stage prefetch: the key two distances ahead (rows of a bucket are scattered over the
+      // input), then the index slot of the key one distance ahead (its key is in cache by now).
+      if (k + 2 * kPrefetchDistance < count) {
+        __builtin_prefetch(&x[int64_t{row[k + 2 * kPrefetchDistance]} * width]);
+      }
+      if (k + kPrefetchDistance < count && RowKey(x[int64_t{row[k + kPrefetchDistance]} * width], &key)) {
+        __builtin_prefetch(index->SlotAddress(key));
+      }
+      RowKey(x[int64_t{row[k]} * width], &key);
+      bool inserted;
+      index->FindOrInsert(key, indexed, &inserted);
+      indexed += inserted;
+      keep[row[k]] = inserted;
+    }
+    return ffi::Error::Success();
+  }));
+
+  // Phase 2: kept rows grouped by the shard of their first occurrence (every shard id validated),
+  // each shard's block filled from its end: reverse first-occurrence order, as in Monolith.
+  const uint8_t* keep = kept.data();
+  auto part = [=](int64_t b, int64_t i) -> int64_t {
+    const int64_t s = static_cast<int64_t>(shards[b * shard_stride + i]);
+    return (s >= 0 && s < num_shards && !keep[b * n + i]) ? kSkipRow : s;
+  };
+  StablePartition<decltype(part)> partition(&pool, workers, part, batch, n, num_shards);
+  FFI_RETURN_IF_ERROR(partition.Count(op, "shard_ids", shard_sizes));
+  std::vector<int64_t> block_end(batch * num_shards);  // + base: the reversed destination's anchor
+  for (int64_t b = 0; b < batch; ++b) {
     int64_t end = 0;
     for (int64_t s = 0; s < num_shards; ++s) {
-      shard_sizes[b * num_shards + s] = static_cast<int32_t>(w.cursor[s]);
-      end += w.cursor[s];
-      w.cursor[s] = end;
+      const int64_t size = shard_sizes[b * num_shards + s];
+      block_end[b * num_shards + s] = 2 * end + size - 1;  // dest d in [end, end+size) -> this - d
+      end += size;
     }
-    num_unique[b] = unique;
-    // Pass 2: each shard's block filled from its end, so it reads in reverse first-occurrence order.
-    for (int64_t i = 0; i < n; ++i) {
-      if (!w.kept[i]) continue;
-      const int64_t dest = --w.cursor[shard[i]];
-      std::copy(in + i * width, in + (i + 1) * width, out + dest * width);
+    num_unique[b] = static_cast<int32_t>(end);
+    std::fill(out + (b * n + end) * width, out + (b + 1) * n * width, T{0});
+  }
+  return partition.Run([&](int64_t b, int64_t i, int64_t dest) {
+    const int64_t s = static_cast<int64_t>(shards[b * shard_stride + i]);
+    const int64_t to = block_end[b * num_shards + s] - dest;
+    const T* row = in + b * input_stride + i * width;
+    if (width == 1) {  // 1-D input: one element, not a copy call per row
+      out[b * n + to] = *row;
+    } else {
+      std::copy(row, row + width, out + (b * n + to) * width);
     }
-    std::fill(out + unique * width, out + n * width, T{0});
-    return ffi::Error::Success();
   });
 }
 

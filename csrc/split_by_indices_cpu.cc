@@ -23,8 +23,8 @@ constexpr int64_t kMinBytesForThreads = 1 << 20;
 // Copies row i of `src` to row `dest` of `dst` (kGather = false) or row `dest` of `src` to row i
 // of `dst` (kGather = true), for every row. kRowBytes > 0 fixes the row size at compile time (a
 // single move for scalar rows); 0 means `row_bytes`.
-template <size_t kRowBytes, bool kGather, typename Index>
-ffi::Error MoveRows(StablePartition<Index>& partition, const char* src, int64_t src_stride,
+template <size_t kRowBytes, bool kGather, typename Partition>
+ffi::Error MoveRows(Partition& partition, const char* src, int64_t src_stride,
                     char* dst, int64_t dst_stride, size_t row_bytes) {
   const size_t bytes = kRowBytes > 0 ? kRowBytes : row_bytes;
   return partition.Run([&](int64_t b, int64_t i, int64_t dest) {
@@ -33,8 +33,8 @@ ffi::Error MoveRows(StablePartition<Index>& partition, const char* src, int64_t 
   });
 }
 
-template <bool kGather, typename Index>
-ffi::Error MoveRowsDispatch(StablePartition<Index>& partition, const char* src, int64_t src_stride,
+template <bool kGather, typename Partition>
+ffi::Error MoveRowsDispatch(Partition& partition, const char* src, int64_t src_stride,
                             char* dst, int64_t dst_stride, size_t row_bytes) {
   switch (row_bytes) {
     case 1: return MoveRows<1, kGather>(partition, src, src_stride, dst, dst_stride, row_bytes);
@@ -71,8 +71,8 @@ ffi::Error SplitImpl(ffi::ThreadPool& pool, const char* op, const ffi::AnyBuffer
   const int64_t moved = split.batch * split.core_size * static_cast<int64_t>(elem_bytes);
   const int64_t workers = moved >= kMinBytesForThreads ? std::max<int64_t>(1, pool.num_threads()) : 1;
 
-  StablePartition<Index> partition(&pool, workers, indices.typed_data<Index>(), index_stride,
-                                   split.batch, n, num_splits);
+  auto partition = PartitionByIndexArray(&pool, workers, indices.typed_data<Index>(), index_stride,
+                                         split.batch, n, num_splits);
   FFI_RETURN_IF_ERROR(partition.Count(op, "indices", sizes));
   if (row_bytes == 0) return ffi::Error::Success();
   return MoveRowsDispatch<kGather>(partition, static_cast<const char*>(src.untyped_data()),
