@@ -369,10 +369,14 @@ def run_jnp_variants(w, dev, ref, rank0, repeats, num_ids) -> list[Row]:
 # ----------------------------------------------------------------------------------------------
 
 
-def format_table(rows: list[Row]) -> str:
-    base_impl = "jax_distops" if jax_distops is not None else "jnp"
+def format_table(rows: list[Row], base_impl: str | None = None, unit: str = "id") -> str:
+    """The results table. ``base_impl``: the row the ratios are taken against (default:
+    "jax_distops", or "jnp" when jax_distops is not importable); ``unit``: what ``Row.num_ids``
+    counts, for the ns/<unit> column (``benchmarks/routing.py`` passes "row")."""
+    if base_impl is None:
+        base_impl = "jax_distops" if jax_distops is not None else "jnp"
     ref = {r.workload: r.median_s for r in rows if r.impl == base_impl}
-    header = ["workload", "implementation", "median ms", "ns/id", f"vs {base_impl}", "note"]
+    header = ["workload", "implementation", "median ms", f"ns/{unit}", f"vs {base_impl}", "note"]
     body = []
     for r in rows:
         if r.median_s is None:
@@ -400,8 +404,9 @@ def format_table(rows: list[Row]) -> str:
         lines.append(fmt(cells))
         prev = cells[0]
     lines.append("")
+    per = "total raw ids" if unit == "id" else f"{unit}s"
     lines.append(f"ratio = median / median of {base_impl} on the same workload "
-                 f"(>1: slower than {base_impl}); ns/id = median / total raw ids of the call.")
+                 f"(>1: slower than {base_impl}); ns/{unit} = median / {per} of the call.")
     return "\n".join(lines)
 
 
