@@ -7,7 +7,6 @@
 #include <cstdint>
 #include <limits>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "ffi_helpers.h"
@@ -86,47 +85,22 @@ ffi::Error RaggedSplitImpl(TypeTag<Index>, ffi::ThreadPool& pool, const ffi::Any
   };
   FFI_RETURN_IF_ERROR(ffi::ByteWidth(values.element_type()) == 4 ? move(uint32_t{}) : move(uint64_t{}));
 
-  // Row splits per split: a running count per split, recorded at every row boundary. In parallel
-  // over groups of rows: pass A counts each group's values per split, a prefix over the groups
-  // gives each group its starting counts, pass B walks the group's rows recording boundaries.
-  const int64_t groups = workers > 1 ? std::max<int64_t>(1, std::min<int64_t>(4 * workers, rows)) : 1;
-  std::vector<int64_t> counts(batch * groups * num_splits, 0);
-  auto group_rows = [&](int64_t g) { return std::make_pair(rows * g / groups, rows * (g + 1) / groups); };
-  const Index* all_parts = indices.typed_data<Index>();
-  FFI_RETURN_IF_ERROR(ParallelFor(&pool, batch * groups, workers, [&](int64_t t, int64_t) {
-    const int64_t b = t / groups;
-    const auto [r0, r1] = group_rows(t % groups);
-    const Index* part = all_parts + b * index_stride;
-    const Split* in_splits = splits + b * split_stride;
-    int64_t* count = counts.data() + t * num_splits;
-    for (int64_t i = in_splits[r0], end = in_splits[r1]; i < end; ++i) ++count[part[i]];
-    return ffi::Error::Success();
-  }));
-  for (int64_t b = 0; b < batch; ++b) {  // counts -> starting count of each (group, split)
-    int64_t offset = 0;
-    for (int64_t s = 0; s < num_splits; ++s) {
-      int64_t next = offset;
-      for (int64_t g = 0; g < groups; ++g) {
-        int64_t& slot = counts[(b * groups + g) * num_splits + s];
-        const int64_t count = slot;
-        slot = next;
-        next += count;
-      }
-      offset += sizes[b * num_splits + s];
-    }
-  }
-  return ParallelFor(&pool, batch * groups, workers, [&](int64_t t, int64_t) {
-    const int64_t b = t / groups;
-    const auto [r0, r1] = group_rows(t % groups);
-    const Index* part = all_parts + b * index_stride;
+  // Row splits per split: a running count per split, recorded at every row boundary; one walk
+  // per batch element (splitting it over row groups in parallel measured slower: ~3.5 vs ~2.8 ms
+  // for 1e6 values, the extra pass and task rounds cost more than the walk).
+  return ParallelFor(&pool, batch, workers, [&](int64_t b, int64_t) {
+    const Index* part = indices.typed_data<Index>() + b * index_stride;
     const Split* in_splits = splits + b * split_stride;
     Split* out_b = out_splits + b * num_splits * (rows + 1);
-    int64_t* next = counts.data() + t * num_splits;
-    if (r0 == 0) {
-      for (int64_t s = 0; s < num_splits; ++s) out_b[s * (rows + 1)] = static_cast<Split>(next[s]);
+    std::vector<int64_t> next(num_splits);
+    int64_t offset = 0;
+    for (int64_t s = 0; s < num_splits; ++s) {
+      next[s] = offset;
+      offset += sizes[b * num_splits + s];
     }
-    for (int64_t r = r0; r < r1; ++r) {
-      for (int64_t i = in_splits[r], end = in_splits[r + 1]; i < end; ++i) ++next[part[i]];
+    for (int64_t s = 0; s < num_splits; ++s) out_b[s * (rows + 1)] = static_cast<Split>(next[s]);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t i = in_splits[r]; i < in_splits[r + 1]; ++i) ++next[part[i]];
       for (int64_t s = 0; s < num_splits; ++s) out_b[s * (rows + 1) + r + 1] = static_cast<Split>(next[s]);
     }
     return ffi::Error::Success();
