@@ -410,12 +410,12 @@ def format_table(rows: list[Row], base_impl: str | None = None, unit: str = "id"
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def start(title: str, description: str, repeats_help: str, argv=None) -> argparse.Namespace:
+    """Parses the benchmarks' common flags, turns x64 on and prints the run's header lines."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--quick", action="store_true", help="smaller sizes and repeats (smoke run)")
     ap.add_argument("--repeats", type=int, default=None,
-                    help="timed repeats for every row (default: 20 big jitted, 5 big numpy, "
-                         "2000 small)")
+                    help=f"timed repeats for every row (default: {repeats_help})")
     ap.add_argument("--jnp-variants", action="store_true",
                     help="also time the jnp design alternatives (slow to compile)")
     args = ap.parse_args(argv)
@@ -425,7 +425,7 @@ def main(argv=None) -> int:
 
     dev = jax.devices()[0]
     print(
-        f"# fused_reorder_by_indices benchmark  {datetime.datetime.now().isoformat(timespec='seconds')}"
+        f"# {title}  {datetime.datetime.now().isoformat(timespec='seconds')}"
         f"  jax {jax.__version__}  jaxlib {jax.lib.__version__}  numpy {np.__version__}"
         f"  python {platform.python_version()}"
     )
@@ -439,6 +439,12 @@ def main(argv=None) -> int:
               "and ratios are vs the jnp row.")
     else:
         print(f"# jax_distops from {os.path.dirname(jax_distops.__file__)}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = start("fused_reorder_by_indices benchmark", __doc__.splitlines()[0],
+                 "20 big jitted, 5 big numpy, 2000 small", argv)
     rows = []
     for w in build_workloads(args.quick):
         rows += run_workload(w, args.repeats, args.jnp_variants)

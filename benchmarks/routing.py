@@ -53,11 +53,8 @@ change ``jax_enable_x64`` (running it, or calling ``main()``, enables it).
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import gc
 import os
-import platform
 import sys
 import time
 from typing import Callable, NamedTuple
@@ -74,7 +71,7 @@ if __name__ == "__main__":
 import jax.numpy as jnp  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fused_reorder import Row, _abort, format_table, time_call, time_interleaved  # noqa: E402
+from fused_reorder import Row, _abort, format_table, start, time_call, time_interleaved  # noqa: E402
 from jnp_routing import (  # noqa: E402
     RaggedSplitResult,
     ReorderResult,
@@ -379,37 +376,11 @@ def format_targets(rows: list[Row]) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="10x smaller sizes, few repeats")
-    ap.add_argument("--repeats", type=int, default=None,
-                    help="timed repeats for every row (default: 20 jitted, 7 numpy)")
-    ap.add_argument("--jnp-variants", action="store_true",
-                    help="also time the jnp design alternatives")
-    args = ap.parse_args(argv)
-    if args.repeats is not None and args.repeats < 1:
-        ap.error("--repeats must be >= 1")
-    jax.config.update("jax_enable_x64", True)
-
-    dev = jax.devices()[0]
-    print(
-        f"# routing ops benchmark  {datetime.datetime.now().isoformat(timespec='seconds')}"
-        f"  jax {jax.__version__}  jaxlib {jax.lib.__version__}  numpy {np.__version__}"
-        f"  python {platform.python_version()}"
-    )
-    print(
-        f"# device {dev.platform}:{dev.device_kind}  os.cpu_count()={os.cpu_count()}"
-        f"  jax_enable_x64={jax.config.jax_enable_x64}"
-        f"  {'quick' if args.quick else 'full'} sizes"
-    )
+    args = start("routing ops benchmark", __doc__.splitlines()[0], "20 jitted, 7 numpy", argv)
     missing = [op for op in OPS if distops_op(op) is None]
-    if jax_distops is None:
-        print(f"# NOTE: jax_distops is not importable ({_DISTOPS_ERROR}); its rows are skipped "
-              "and ratios are vs the jnp row.")
-    else:
-        print(f"# jax_distops from {os.path.dirname(jax_distops.__file__)}")
-        if missing:
-            print(f"# NOTE: jax_distops lacks {', '.join(missing)}; those rows are skipped and "
-                  "ratios are vs the jnp row.")
+    if jax_distops is not None and missing:
+        print(f"# NOTE: jax_distops lacks {', '.join(missing)}; those rows are skipped and "
+              "ratios are vs the jnp row.")
     rows = []
     for w in build_workloads(args.quick):
         rows += run_workload(w, args.repeats, args.jnp_variants)

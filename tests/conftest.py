@@ -17,8 +17,10 @@ import pytest
 
 jax.config.update("jax_enable_x64", True)
 
-# Let tests import the numpy oracle as `oracle` (tests/ is not a package).
+# Test modules import the numpy oracle as `oracle` and the benchmarks' workload builders
+# (fused_reorder, routing) from here.
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
 
 def pytest_addoption(parser):

@@ -23,8 +23,6 @@ Requires `jax_enable_x64` (enabled globally by tests/conftest.py).
 
 import dataclasses
 import functools
-import pathlib
-import sys
 from typing import Optional, Sequence, Tuple
 
 import chex
@@ -36,14 +34,10 @@ from absl.testing import parameterized
 
 import jax_distops
 
-# The oracle lives in tests/; make it importable whether or not tests/ is a package.
-_TESTS_DIR = str(pathlib.Path(__file__).resolve().parents[1])
-if _TESTS_DIR not in sys.path:
-    sys.path.insert(0, _TESTS_DIR)
-import oracle  # noqa: E402
+import oracle  # tests/oracle.py, importable through tests/conftest.py
 
-# The benchmark's workload builders, so the large tests run exactly the benchmarked workloads.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "benchmarks"))
+# The benchmark's workload builders (benchmarks/ is on sys.path through tests/conftest.py), so the
+# large tests run exactly the benchmarked workloads.
 from fused_reorder import make_fused_test, make_monolith_bench  # noqa: E402
 
 OP = jax_distops.fused_reorder_by_indices

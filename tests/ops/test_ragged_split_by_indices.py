@@ -23,9 +23,7 @@ Requires `jax_enable_x64` (enabled globally by tests/conftest.py).
 """
 
 import dataclasses
-import pathlib
 import re
-import sys
 from typing import Tuple
 
 import chex
@@ -38,11 +36,7 @@ from absl.testing import parameterized
 import jax_distops
 from jax_distops import Ragged
 
-# The oracle lives in tests/; make it importable whether or not tests/ is a package.
-_TESTS_DIR = str(pathlib.Path(__file__).resolve().parents[1])
-if _TESTS_DIR not in sys.path:
-    sys.path.insert(0, _TESTS_DIR)
-import oracle  # noqa: E402
+import oracle  # tests/oracle.py, importable through tests/conftest.py
 
 OP = jax_distops.ragged_split_by_indices
 FIELDS = ("values", "positions", "row_splits")

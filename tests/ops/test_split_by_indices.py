@@ -24,9 +24,7 @@ Requires `jax_enable_x64` (enabled globally by tests/conftest.py).
 
 import dataclasses
 import functools
-import pathlib
 import re
-import sys
 from typing import Tuple
 
 import chex
@@ -38,11 +36,7 @@ from absl.testing import parameterized
 
 import jax_distops
 
-# The oracle lives in tests/; make it importable whether or not tests/ is a package.
-_TESTS_DIR = str(pathlib.Path(__file__).resolve().parents[1])
-if _TESTS_DIR not in sys.path:
-    sys.path.insert(0, _TESTS_DIR)
-import oracle  # noqa: E402
+import oracle  # tests/oracle.py, importable through tests/conftest.py
 
 OP = jax_distops.split_by_indices
 GRAD_OP = jax_distops.split_by_indices_gradient
