@@ -37,6 +37,7 @@ import jax_distops
 from jax_distops import Ragged
 
 import oracle  # tests/oracle.py, importable through tests/conftest.py
+from testing import assert_array_bits_equal, bits  # tests/testing.py
 
 OP = jax_distops.ragged_split_by_indices
 FIELDS = ("values", "positions", "row_splits")
@@ -275,20 +276,6 @@ def _literal_params(cases=LITERAL_CASES):
 # --------------------------------------------------------------------------------------------------
 
 
-def _bits(x: np.ndarray) -> np.ndarray:
-    """Floats as their bit patterns (NaN and -0.0 compare exactly); other dtypes unchanged."""
-    if jnp.issubdtype(x.dtype, jnp.floating):
-        return x.view(np.dtype(f"uint{8 * x.dtype.itemsize}"))
-    return x
-
-
-def assert_array_bits_equal(got, want: np.ndarray, what: str) -> None:
-    got = np.asarray(got)
-    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype}, want {want.dtype}"
-    assert got.shape == want.shape, f"{what}: shape {got.shape}, want {want.shape}"
-    np.testing.assert_array_equal(_bits(got), _bits(want), err_msg=what, strict=True)
-
-
 def assert_result_equal(got, want: oracle.RaggedSplitExpected) -> None:
     """Bit-exact equality of every field, with shapes and dtypes."""
     assert isinstance(got, jax_distops.RaggedSplitResult), type(got)
@@ -397,7 +384,7 @@ def test_oracle_matches_literal_vectors(case, dtype):
     want = _literal_expected(case, dtype, np.int64)
     for name in FIELDS:
         np.testing.assert_array_equal(
-            _bits(getattr(got, name)), _bits(getattr(want, name)), err_msg=name, strict=True
+            bits(getattr(got, name)), bits(getattr(want, name)), err_msg=name, strict=True
         )
     got_lists = oracle.ragged_split_by_indices_lists(
         indices, num.values, num.row_splits, case.num_splits
@@ -406,7 +393,7 @@ def test_oracle_matches_literal_vectors(case, dtype):
     for got_list, want_list in zip(got_lists, want_lists):
         assert len(got_list) == len(want_list) == case.num_splits
         for (got_flat, got_rs), (want_flat, want_rs) in zip(got_list, want_list):
-            np.testing.assert_array_equal(_bits(got_flat), _bits(want_flat), strict=True)
+            np.testing.assert_array_equal(bits(got_flat), bits(want_flat), strict=True)
             np.testing.assert_array_equal(got_rs, want_rs, strict=True)
 
 

@@ -34,6 +34,7 @@ from absl.testing import parameterized
 import jax_distops
 
 import oracle  # tests/oracle.py, importable through tests/conftest.py
+from testing import bits  # tests/testing.py
 
 OP = jax_distops.reorder_by_indices
 FIELDS = ("output", "shard_sizes", "num_unique")
@@ -304,13 +305,6 @@ def _literal_params(cases=LITERAL_CASES):
 # --------------------------------------------------------------------------------------------------
 
 
-def _bits(x: np.ndarray) -> np.ndarray:
-    """Floats as their bit patterns (NaN and -0.0 compare exactly); other dtypes unchanged."""
-    if jnp.issubdtype(x.dtype, jnp.floating):
-        return x.view(np.dtype(f"uint{8 * x.dtype.itemsize}"))
-    return x
-
-
 def assert_result_equal(got, want: oracle.ReorderExpected) -> None:
     """Bit-exact equality of every field, with shapes and dtypes (counts int32)."""
     assert isinstance(got, jax_distops.ReorderResult), type(got)
@@ -326,7 +320,7 @@ def assert_result_equal(got, want: oracle.ReorderExpected) -> None:
             f"{name}: shape {got_field.shape}, want {want_field.shape}"
         )
         np.testing.assert_array_equal(
-            _bits(got_field), _bits(want_field), err_msg=f"field {name}", strict=True
+            bits(got_field), bits(want_field), err_msg=f"field {name}", strict=True
         )
 
 
@@ -429,7 +423,7 @@ def test_oracle_matches_literal_vectors(case, dtype):
     want = _literal_expected(case, dtype)
     for name in FIELDS:
         np.testing.assert_array_equal(
-            _bits(getattr(got, name)), _bits(getattr(want, name)), err_msg=name, strict=True
+            bits(getattr(got, name)), bits(getattr(want, name)), err_msg=name, strict=True
         )
 
 

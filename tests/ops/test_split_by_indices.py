@@ -37,6 +37,7 @@ from absl.testing import parameterized
 import jax_distops
 
 import oracle  # tests/oracle.py, importable through tests/conftest.py
+from testing import assert_array_bits_equal  # tests/testing.py
 
 OP = jax_distops.split_by_indices
 GRAD_OP = jax_distops.split_by_indices_gradient
@@ -215,21 +216,6 @@ def _literal_params(cases=LITERAL_CASES):
 # --------------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------------
-
-
-def _bits(x: np.ndarray) -> np.ndarray:
-    """Floats as their bit patterns (NaN and -0.0 compare exactly); other dtypes unchanged."""
-    if jnp.issubdtype(x.dtype, jnp.floating):
-        return x.view(np.dtype(f"uint{8 * x.dtype.itemsize}"))
-    return x
-
-
-def assert_array_bits_equal(got, want: np.ndarray, what: str) -> None:
-    """Same dtype, same shape, same bits."""
-    got = np.asarray(got)
-    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype}, want {want.dtype}"
-    assert got.shape == want.shape, f"{what}: shape {got.shape}, want {want.shape}"
-    np.testing.assert_array_equal(_bits(got), _bits(want), err_msg=what, strict=True)
 
 
 def assert_result_equal(got, want: oracle.SplitExpected) -> None:
