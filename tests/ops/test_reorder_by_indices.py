@@ -34,7 +34,7 @@ from absl.testing import parameterized
 import jax_distops
 
 import oracle  # tests/oracle.py, importable through tests/conftest.py
-from testing import bits  # tests/testing.py
+from testing import assert_array_bits_equal, bits  # tests/testing.py
 
 OP = jax_distops.reorder_by_indices
 FIELDS = ("output", "shard_sizes", "num_unique")
@@ -310,18 +310,10 @@ def assert_result_equal(got, want: oracle.ReorderExpected) -> None:
     assert isinstance(got, jax_distops.ReorderResult), type(got)
     assert got._fields == FIELDS
     for name in FIELDS:
-        got_field, want_field = np.asarray(getattr(got, name)), getattr(want, name)
+        want_field = getattr(want, name)
         if name != "output":
             assert want_field.dtype == np.int32, f"test bug: {name} built as {want_field.dtype}"
-        assert got_field.dtype == want_field.dtype, (
-            f"{name}: dtype {got_field.dtype}, want {want_field.dtype}"
-        )
-        assert got_field.shape == want_field.shape, (
-            f"{name}: shape {got_field.shape}, want {want_field.shape}"
-        )
-        np.testing.assert_array_equal(
-            bits(got_field), bits(want_field), err_msg=f"field {name}", strict=True
-        )
+        assert_array_bits_equal(getattr(got, name), want_field, f"field {name}")
 
 
 def _stack(expected) -> oracle.ReorderExpected:
