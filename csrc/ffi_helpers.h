@@ -182,7 +182,9 @@ inline ffi::ErrorOr<int32_t> CheckedInt32(int64_t value, const char* op, const c
 // left, and the caller then waits only for tasks already claimed by running workers. So the call never
 // waits for a worker that has not started (no deadlock when the pool is busy or has no free thread),
 // and workers that start late find nothing to do. Exceptions (e.g. std::bad_alloc) are caught and
-// turned into ffi::Error. The first failing task's error is returned.
+// turned into ffi::Error. The error of the lowest-numbered failing task is returned, so the error
+// does not depend on thread timing (tasks that report the first bad value of their part give the
+// first bad value overall).
 // ---------------------------------------------------------------------------------------------------
 template <typename Fn>
 ffi::Error ParallelFor(ffi::ThreadPool* pool, int64_t num_tasks, int64_t max_workers, Fn&& fn) {
@@ -192,7 +194,7 @@ ffi::Error ParallelFor(ffi::ThreadPool* pool, int64_t num_tasks, int64_t max_wor
     std::mutex mu;
     std::condition_variable cv;
     int64_t done = 0;  // guarded by mu
-    bool failed = false;
+    int64_t failed_task = -1;  // the lowest failing task so far
     ffi::Error error;
   };
   auto state = std::make_shared<State>();
@@ -213,8 +215,8 @@ ffi::Error ParallelFor(ffi::ThreadPool* pool, int64_t num_tasks, int64_t max_wor
         err = ffi::Error::Internal("jax_distops: unknown C++ exception");
       }
       std::lock_guard<std::mutex> lock(state->mu);
-      if (err.failure() && !state->failed) {
-        state->failed = true;
+      if (err.failure() && (state->failed_task < 0 || task < state->failed_task)) {
+        state->failed_task = task;
         state->error = std::move(err);
       }
       if (++state->done == num_tasks) state->cv.notify_all();
@@ -229,7 +231,7 @@ ffi::Error ParallelFor(ffi::ThreadPool* pool, int64_t num_tasks, int64_t max_wor
   work();
   std::unique_lock<std::mutex> lock(state->mu);
   state->cv.wait(lock, [&] { return state->done == num_tasks; });
-  return state->failed ? std::move(state->error) : ffi::Error::Success();
+  return state->failed_task >= 0 ? std::move(state->error) : ffi::Error::Success();
 }
 
 // Runs `body()` (returning ffi::Error), turning any C++ exception into an ffi::Error.

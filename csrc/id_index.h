@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #include "sharding.h"
@@ -63,22 +65,40 @@ class IdIndex {
   // size of its own: a member updated per id would be reloaded per id, since the slot stores may
   // alias it.)
   int32_t FindOrInsert(uint64_t key, int32_t next, bool* inserted) {
+    return FindOrInsert(key, next, next, inserted);
+  }
+
+  // The same with any number: inserts `key` with `value` unless present, where `size` is the number
+  // of keys inserted since Reset (it decides when to grow). Returns the key's number: the first
+  // value inserted for it.
+  int32_t FindOrInsert(uint64_t key, int32_t value, int64_t size, bool* inserted) {
     uint64_t i = Home(key);
     for (;;) {
       Slot& slot = slots_[i];
       if (slot.generation != generation_) {
-        if (2 * (int64_t{next} + 1) > capacity_) {
+        if (2 * (size + 1) > capacity_) {
           Rehash(2 * capacity_);
-          return FindOrInsert(key, next, inserted);
+          return FindOrInsert(key, value, size, inserted);
         }
-        slot = Slot{key, next, generation_};
+        slot = Slot{key, value, generation_};
         *inserted = true;
-        return next;
+        return value;
       }
       if (slot.key == key) {
         *inserted = false;
         return slot.number;
       }
+      i = i + 1 == static_cast<uint64_t>(capacity_) ? 0 : i + 1;
+    }
+  }
+
+  // The number of `key`, or -1 if it was never inserted (numbers are >= 0).
+  int32_t Find(uint64_t key) const {
+    uint64_t i = Home(key);
+    for (;;) {
+      const Slot& slot = slots_[i];
+      if (slot.generation != generation_) return -1;
+      if (slot.key == key) return slot.number;
       i = i + 1 == static_cast<uint64_t>(capacity_) ? 0 : i + 1;
     }
   }
@@ -145,29 +165,65 @@ class IdIndex {
   int64_t capacity_ = 0;
 };
 
-// The calling thread's index, for one task at a time (a ParallelFor worker runs one task at a
-// time). It outlives the call on purpose: a fresh multi-MiB index costs a page fault per 4 KiB on
-// first touch (~0.45 ms per MiB measured on the project VM, a third of a 2e6-id fused_reorder call),
-// while a reused one costs nothing. Only capacity survives -- every use starts with Reset -- and a
-// task gives back anything above kMaxCachedIndexBytes when it is done (see IndexLease).
+// A hash index borrowed from a process-wide free list for one task or one call. Indexes outlive
+// the calls on purpose: a fresh multi-MiB index costs a page fault per 4 KiB on first touch
+// (~0.45 ms per MiB measured on the project VM, a third of a 2e6-id fused_reorder call), while a
+// reused one costs nothing. Only capacity survives -- every use starts with Reset -- and an index
+// gives back anything above kMaxCachedIndexBytes when it is returned. The free list holds at most
+// as many indexes as were ever in use at once (capped at kMaxCachedIndexes); a lease may be handed
+// to other threads while its owner holds it (the lookup ops build on one thread, probe on others).
 inline constexpr int64_t kMaxCachedIndexBytes = int64_t{64} << 20;
+inline constexpr size_t kMaxCachedIndexes = 256;
 
 class IndexLease {
  public:
-  IndexLease() : index_(ThreadIndex()) {}
-  ~IndexLease() { index_.ReleaseAbove(kMaxCachedIndexBytes); }
+  IndexLease() : index_(Take()) {}
+  ~IndexLease() {
+    if (index_ != nullptr) Give(std::move(index_));
+  }
+  IndexLease(IndexLease&&) = default;
+  IndexLease& operator=(IndexLease&&) = delete;
   IndexLease(const IndexLease&) = delete;
   IndexLease& operator=(const IndexLease&) = delete;
-  IdIndex& operator*() { return index_; }
-  IdIndex* operator->() { return &index_; }
+  IdIndex& operator*() const { return *index_; }
+  IdIndex* operator->() const { return index_.get(); }
 
  private:
-  static IdIndex& ThreadIndex() {
-    thread_local IdIndex index;
-    return index;
+  struct FreeList {
+    std::mutex mu;
+    std::vector<std::unique_ptr<IdIndex>> indexes;
+  };
+  static FreeList& Free() {
+    static FreeList* free_list = new FreeList;  // never destroyed: leases may end during exit
+    return *free_list;
   }
-  IdIndex& index_;
+  static std::unique_ptr<IdIndex> Take() {
+    FreeList& f = Free();
+    {
+      std::lock_guard<std::mutex> lock(f.mu);
+      if (!f.indexes.empty()) {
+        std::unique_ptr<IdIndex> index = std::move(f.indexes.back());
+        f.indexes.pop_back();
+        return index;
+      }
+    }
+    return std::make_unique<IdIndex>();
+  }
+  static void Give(std::unique_ptr<IdIndex> index) {
+    index->ReleaseAbove(kMaxCachedIndexBytes);
+    FreeList& f = Free();
+    std::lock_guard<std::mutex> lock(f.mu);
+    if (f.indexes.size() < kMaxCachedIndexes) f.indexes.push_back(std::move(index));
+  }
+
+  std::unique_ptr<IdIndex> index_;
 };
+
+// The bucket of a key among `buckets` (a power of two): hash bits disjoint from the top bits that
+// pick its index slot, so the keys of one bucket still spread over their whole index.
+inline int64_t HashBucket(uint64_t key, int64_t buckets) {
+  return static_cast<int64_t>((HashId(key) >> 24) & static_cast<uint64_t>(buckets - 1));
+}
 
 }  // namespace jax_distops
 

@@ -54,12 +54,6 @@ constexpr int64_t kPrefetchDistance = 16;
 // Rows below which the call runs on the calling thread.
 constexpr int64_t kMinRowsForThreads = 1 << 15;
 
-// The dedup bucket of a key: hash bits disjoint from the top bits that pick its index slot, so the
-// keys of one bucket still spread over their whole index.
-inline int64_t BucketOf(uint64_t key, int64_t buckets) {
-  return static_cast<int64_t>((HashId(key) >> 24) & static_cast<uint64_t>(buckets - 1));
-}
-
 template <typename T, typename Index>
 ffi::Error ReorderImpl(TypeTag<Index>, ffi::ThreadPool& pool, const ffi::AnyBuffer& input,
                        const ffi::AnyBuffer& shard_ids, ffi::Result<ffi::AnyBuffer>& output,
@@ -94,7 +88,7 @@ ffi::Error ReorderImpl(TypeTag<Index>, ffi::ThreadPool& pool, const ffi::AnyBuff
   auto bucket_of = [=](int64_t b, int64_t i) -> int64_t {
     uint64_t key;
     if (!RowKey(in[b * input_stride + i * width], &key)) return buckets;
-    return buckets > 1 ? BucketOf(key, buckets) : 0;
+    return buckets > 1 ? HashBucket(key, buckets) : 0;
   };
   StablePartition<decltype(bucket_of)> by_bucket(&pool, workers, bucket_of, batch, n, buckets + 1);
   std::vector<int32_t> bucket_sizes(batch * (buckets + 1));
@@ -117,7 +111,7 @@ ffi::Error ReorderImpl(TypeTag<Index>, ffi::ThreadPool& pool, const ffi::AnyBuff
       return ffi::Error::Success();
     }
     const T* x = in + b * input_stride;
-    IndexLease index;  // this thread's hash index (id_index.h)
+    IndexLease index;  // a pooled hash index (id_index.h)
     index->Reset(count);
     int32_t indexed = 0;
     for (int64_t k = 0; k < count; ++k) {

@@ -11,6 +11,7 @@
 
 #include "ffi_helpers.h"
 #include "partition.h"
+#include "rows.h"
 
 namespace jax_distops {
 namespace {
@@ -29,21 +30,17 @@ ffi::Error MoveRows(Partition& partition, const char* src, int64_t src_stride,
   const size_t bytes = kRowBytes > 0 ? kRowBytes : row_bytes;
   return partition.Run([&](int64_t b, int64_t i, int64_t dest) {
     const int64_t from = kGather ? dest : i, to = kGather ? i : dest;
-    std::memcpy(dst + b * dst_stride + to * bytes, src + b * src_stride + from * bytes, bytes);
+    CopyRow<kRowBytes>(dst + b * dst_stride + to * bytes, src + b * src_stride + from * bytes, bytes);
   });
 }
 
 template <bool kGather, typename Partition>
 ffi::Error MoveRowsDispatch(Partition& partition, const char* src, int64_t src_stride,
                             char* dst, int64_t dst_stride, size_t row_bytes) {
-  switch (row_bytes) {
-    case 1: return MoveRows<1, kGather>(partition, src, src_stride, dst, dst_stride, row_bytes);
-    case 2: return MoveRows<2, kGather>(partition, src, src_stride, dst, dst_stride, row_bytes);
-    case 4: return MoveRows<4, kGather>(partition, src, src_stride, dst, dst_stride, row_bytes);
-    case 8: return MoveRows<8, kGather>(partition, src, src_stride, dst, dst_stride, row_bytes);
-    case 16: return MoveRows<16, kGather>(partition, src, src_stride, dst, dst_stride, row_bytes);
-    default: return MoveRows<0, kGather>(partition, src, src_stride, dst, dst_stride, row_bytes);
-  }
+  return DispatchRowBytes(row_bytes, [&](auto row_size) {
+    return MoveRows<decltype(row_size)::value, kGather>(partition, src, src_stride, dst, dst_stride,
+                                                        row_bytes);
+  });
 }
 
 // Both directions: `src` / `dst` are [*batch, N, *row] with `row_ndim` row dimensions (an unbatched

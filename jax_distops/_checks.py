@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -13,6 +14,7 @@ from . import _compat
 
 ID_DTYPES = tuple(np.dtype(t) for t in (np.int32, np.int64, np.uint32, np.uint64))
 INDEX_DTYPES = tuple(np.dtype(t) for t in (np.int32, np.int64))
+FLOAT_DTYPES = tuple(np.dtype(t) for t in (np.float32, np.float64, jnp.bfloat16))
 INT32_MAX = int(np.iinfo(np.int32).max)
 
 
@@ -38,6 +40,24 @@ def as_array(x: Any, op: str, arg: str, dtypes: tuple[np.dtype, ...]) -> jax.Arr
     if x.dtype not in dtypes:
         raise TypeError(f"{op}: {arg} has dtype {x.dtype}, expected one of {_dtype_names(dtypes)}")
     return x
+
+
+def as_array_list(
+    xs: Any, op: str, arg: str, dtypes: tuple[np.dtype, ...], ndim: int | None = None
+) -> list[jax.Array]:
+    """A list or tuple of arrays, all of one dtype among ``dtypes`` (and of rank ``ndim`` if given)."""
+    if isinstance(xs, jax.Array | np.ndarray) or not isinstance(xs, Sequence):
+        raise TypeError(f"{op}: {arg} must be a list or tuple of arrays, got {type(xs).__name__}")
+    arrays = [as_array(x, op, f"{arg}[{i}]", dtypes) for i, x in enumerate(xs)]
+    for i, x in enumerate(arrays):
+        if ndim is not None and x.ndim != ndim:
+            raise ValueError(f"{op}: {arg}[{i}] must be {ndim}-D, got shape {x.shape}")
+        if x.dtype != arrays[0].dtype:
+            raise TypeError(
+                f"{op}: {arg} entries must share one dtype; {arg}[0] is {arrays[0].dtype}, "
+                f"{arg}[{i}] is {x.dtype}"
+            )
+    return arrays
 
 
 def static_int(x: Any, op: str, arg: str, minimum: int | None = None) -> int:

@@ -103,19 +103,9 @@ def fused_reorder_by_indices(
     and ``jax.grad`` of a function using them works.
     """
     op = _OP
-    if isinstance(ids_list, jax.Array | np.ndarray) or not isinstance(ids_list, Sequence):
-        raise TypeError(f"{op}: ids_list must be a list or tuple of 1-D id arrays")
-    if len(ids_list) == 0:
+    ids = _checks.as_array_list(ids_list, op, "ids_list", _checks.ID_DTYPES, ndim=1)
+    if not ids:
         raise ValueError(f"{op}: ids_list must contain at least one id array")
-    ids = [_checks.as_array(x, op, f"ids_list[{m}]", _checks.ID_DTYPES) for m, x in enumerate(ids_list)]
-    for m, x in enumerate(ids):
-        if x.ndim != 1:
-            raise ValueError(f"{op}: ids_list[{m}] must be 1-D, got shape {x.shape}")
-        if x.dtype != ids[0].dtype:
-            raise TypeError(
-                f"{op}: ids_list entries must share one dtype; ids_list[0] is {ids[0].dtype}, "
-                f"ids_list[{m}] is {x.dtype}"
-            )
     num_of_shards = _checks.static_int(num_of_shards, op, "num_of_shards", minimum=1)
     _checks.check_int32_count(num_of_shards, op, "num_of_shards")
     if dim_sizes is None:

@@ -1,0 +1,75 @@
+// Row helpers shared by the ops that move or sum rows: a copy whose size is a compile-time constant
+// for the common row sizes, and float element types with the type their sums are kept in (bfloat16
+// sums in float32 and rounds once). Host only.
+#ifndef JAX_DISTOPS_CSRC_ROWS_H_
+#define JAX_DISTOPS_CSRC_ROWS_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+namespace jax_distops {
+
+// Calls fn(std::integral_constant<size_t, N>{}) with N = row_bytes for rows of 1 to 256 bytes whose
+// size is a power of two, and with N = 0 (size known only at run time) for any other size. A
+// memcpy of a constant size compiles to a few moves; a run-time size costs a library call per row.
+template <typename Fn>
+decltype(auto) DispatchRowBytes(size_t row_bytes, Fn&& fn) {
+  switch (row_bytes) {
+    case 1: return fn(std::integral_constant<size_t, 1>{});
+    case 2: return fn(std::integral_constant<size_t, 2>{});
+    case 4: return fn(std::integral_constant<size_t, 4>{});
+    case 8: return fn(std::integral_constant<size_t, 8>{});
+    case 16: return fn(std::integral_constant<size_t, 16>{});
+    case 32: return fn(std::integral_constant<size_t, 32>{});
+    case 64: return fn(std::integral_constant<size_t, 64>{});
+    case 128: return fn(std::integral_constant<size_t, 128>{});
+    case 256: return fn(std::integral_constant<size_t, 256>{});
+    default: return fn(std::integral_constant<size_t, 0>{});
+  }
+}
+
+// Copies one row: kRowBytes bytes, or row_bytes when kRowBytes is 0.
+template <size_t kRowBytes>
+inline void CopyRow(void* dst, const void* src, size_t row_bytes) {
+  std::memcpy(dst, src, kRowBytes > 0 ? kRowBytes : row_bytes);
+}
+
+// bfloat16 as XLA stores it: the top 16 bits of a float32.
+struct BFloat16 {
+  uint16_t bits;
+};
+
+// Float element types (float, double, BFloat16) and the type their sums are kept in.
+template <typename T>
+struct Accumulator {
+  using type = T;
+  static T Load(T x) { return x; }
+  static T Store(T x) { return x; }
+};
+
+template <>
+struct Accumulator<BFloat16> {
+  using type = float;
+  static float Load(BFloat16 x) {
+    const uint32_t u = uint32_t{x.bits} << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+  // Round to nearest even, as XLA and ml_dtypes convert; NaN stays a (quiet) NaN.
+  static BFloat16 Store(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return BFloat16{static_cast<uint16_t>((u >> 16) | 0x40u)};
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return BFloat16{static_cast<uint16_t>(u >> 16)};
+  }
+};
+
+#define DISTOPS_FLOAT_TYPES(X) X(F32, float) X(F64, double) X(BF16, ::jax_distops::BFloat16)
+
+}  // namespace jax_distops
+
+#endif  // JAX_DISTOPS_CSRC_ROWS_H_
