@@ -1,0 +1,259 @@
+// fused_gather_embeddings_by_input and its gradient, CPU handlers. Semantics: spec/monolith_ops.md
+// section 10 (deviations: `scale` applied, deterministic sums, every offset checked).
+//
+//   forward:  out_m[j] = fused[off_m[j] : off_m[j] + dims[m]], in parallel over chunks of rows;
+//   gradient: out[i] = scale * (sum of the grads elements that the forward read from element i),
+//             summed table by table, row by row. Each task owns a range of the output and scans
+//             every row, adding the part of it that falls in its range: sums in a fixed order
+//             whatever the number of threads, no races between tables that overlap.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "ffi_helpers.h"
+#include "fused_gather_embeddings_by_input.h"
+#include "rows.h"
+
+namespace jax_distops {
+namespace {
+
+constexpr const char* kFusedGatherOp = "fused_gather_embeddings_by_input";
+constexpr const char* kFusedGatherGradOp = "fused_gather_embeddings_by_input_gradient";
+// Rows per forward task, and output elements per gradient task, below which a task is not worth it.
+constexpr int64_t kRowsPerTask = 1 << 13;
+constexpr int64_t kElementsPerTask = 1 << 16;
+
+// One table's offsets: [*batch?, L] of Index, batch stride 0 when shared.
+template <typename Index>
+struct Offsets {
+  const Index* data;
+  int64_t stride, length, dim;
+};
+
+ffi::Error OffsetOutOfBounds(const char* op, int64_t table, int64_t value, int64_t position,
+                             int64_t dim, int64_t size) {
+  return InvalidArgument(op, "fused_embedding_offsets[" + std::to_string(table) + "] has value " +
+                                 std::to_string(value) + " at position " + std::to_string(position) +
+                                 ": its row [" + std::to_string(value) + ", " +
+                                 std::to_string(value + dim) + ") lies outside the fused buffer of " +
+                                 std::to_string(size) + " elements");
+}
+
+// Reads the M offset arrays args[first, first + M), checking dtypes and batch dims.
+template <typename Index>
+ffi::Error ReadOffsets(const char* op, const ffi::RemainingArgs& args, size_t first,
+                       ffi::Span<const int64_t> dims, ffi::Span<const int64_t> batch_dims,
+                       std::vector<Offsets<Index>>* offsets) {
+  for (size_t m = 0; m < dims.size(); ++m) {
+    FFI_ASSIGN_OR_RETURN(ffi::AnyBuffer buffer, args.get<ffi::AnyBuffer>(first + m));
+    if (ffi::ByteWidth(buffer.element_type()) != sizeof(Index) ||
+        (buffer.element_type() != ffi::DataType::S32 && buffer.element_type() != ffi::DataType::S64)) {
+      return InvalidArgument(op, "fused_embedding_offsets must all have one dtype, int32 or int64");
+    }
+    FFI_ASSIGN_OR_RETURN(int64_t stride, OperandBatchStride(buffer.dimensions(), 1, batch_dims, op,
+                                                            "fused_embedding_offsets"));
+    if (dims[m] < 1) return InvalidArgument(op, "embedding_dims must be >= 1");
+    offsets->push_back({buffer.typed_data<Index>(), stride, buffer.dimensions().back(), dims[m]});
+  }
+  return ffi::Error::Success();
+}
+
+template <typename Index>
+ffi::Error FusedGatherImpl(ffi::ThreadPool& pool, const ffi::AnyBuffer& fused,
+                           const ffi::RemainingArgs& args, const ffi::RemainingRets& rets,
+                           ffi::Span<const int64_t> dims) {
+  const char* op = kFusedGatherOp;
+  const size_t num_tables = dims.size();
+  if (args.size() != num_tables || rets.size() != num_tables) {
+    return InvalidArgument(op, "expected one offsets array and one output per embedding dim");
+  }
+  if (num_tables == 0) return ffi::Error::Success();
+  FFI_ASSIGN_OR_RETURN(ffi::Result<ffi::AnyBuffer> first, rets.get<ffi::AnyBuffer>(0));
+  FFI_ASSIGN_OR_RETURN(BatchSplit split, SplitBatch(first->dimensions(), 2, op, "output"));
+  const auto batch_dims = first->dimensions().first(split.batch_ndim);
+  FFI_ASSIGN_OR_RETURN(int64_t fused_stride,
+                       OperandBatchStride(fused.dimensions(), 1, batch_dims, op, "fused_embeddings"));
+  const int64_t size = fused.dimensions().back();
+  const int64_t elem = static_cast<int64_t>(ffi::ByteWidth(fused.element_type()));
+  std::vector<Offsets<Index>> offsets;
+  FFI_RETURN_IF_ERROR(ReadOffsets(op, args, 0, dims, batch_dims, &offsets));
+  // Tasks: chunks of rows of (batch element, table).
+  struct Task {
+    int64_t b, m, begin, end;
+  };
+  std::vector<Task> tasks;
+  std::vector<char*> out(num_tables);
+  int64_t bytes = 0;
+  for (size_t m = 0; m < num_tables; ++m) {
+    FFI_ASSIGN_OR_RETURN(ffi::Result<ffi::AnyBuffer> buffer, rets.get<ffi::AnyBuffer>(m));
+    const auto d = buffer->dimensions();
+    const int64_t length = offsets[m].length;
+    if (buffer->element_type() != fused.element_type() || d.size() != split.batch_ndim + 2 ||
+        !std::equal(batch_dims.begin(), batch_dims.end(), d.begin()) ||
+        d[split.batch_ndim] != length || d.back() != dims[m]) {
+      return InvalidArgument(op, "output " + std::to_string(m) + " does not match its offsets and dim");
+    }
+    out[m] = static_cast<char*>(buffer->untyped_data());
+    bytes += split.batch * length * dims[m] * elem;
+    for (int64_t b = 0; b < split.batch; ++b) {
+      for (int64_t begin = 0; begin < length; begin += kRowsPerTask) {
+        tasks.push_back({b, static_cast<int64_t>(m), begin, std::min(length, begin + kRowsPerTask)});
+      }
+    }
+  }
+  const int64_t workers = bytes >= (int64_t{1} << 20) ? std::max<int64_t>(1, pool.num_threads()) : 1;
+  const char* src = static_cast<const char*>(fused.untyped_data());
+  return ParallelFor(&pool, static_cast<int64_t>(tasks.size()), workers, [&](int64_t t, int64_t) {
+    const Task& task = tasks[t];
+    const Offsets<Index>& off = offsets[task.m];
+    const int64_t dim = off.dim, row_bytes = dim * elem;
+    const Index* o = off.data + task.b * off.stride;
+    const char* from = src + task.b * fused_stride * elem;
+    char* to = out[task.m] + task.b * off.length * row_bytes;
+    return DispatchRowBytes(static_cast<size_t>(row_bytes), [&](auto row_size) -> ffi::Error {
+      constexpr size_t kRowBytes = decltype(row_size)::value;
+      for (int64_t j = task.begin; j < task.end; ++j) {
+        const int64_t offset = static_cast<int64_t>(o[j]);
+        if (!FusedRowInBounds(offset, dim, size)) {
+          return OffsetOutOfBounds(op, task.m, offset, task.b * off.stride + j, dim, size);
+        }
+        CopyRow<kRowBytes>(to + j * row_bytes, from + offset * elem, static_cast<size_t>(row_bytes));
+      }
+      return ffi::Error::Success();
+    });
+  });
+}
+
+template <typename Index, typename F>
+ffi::Error FusedGatherGradImpl(TypeTag<F>, ffi::ThreadPool& pool, const ffi::AnyBuffer& scale,
+                               const ffi::RemainingArgs& args, ffi::Result<ffi::AnyBuffer>& out,
+                               ffi::Span<const int64_t> dims) {
+  using Acc = typename Accumulator<F>::type;
+  constexpr bool kDirect = std::is_same_v<Acc, F>;  // sum in the output itself
+  const char* op = kFusedGatherGradOp;
+  const size_t num_tables = dims.size();
+  if (args.size() != 2 * num_tables) {
+    return InvalidArgument(op, "expected one grads array and one offsets array per embedding dim");
+  }
+  const auto out_dims = out->dimensions();
+  FFI_ASSIGN_OR_RETURN(BatchSplit split, SplitBatch(out_dims, 1, op, "output"));
+  const auto batch_dims = out_dims.first(split.batch_ndim);
+  const int64_t size = out_dims.back(), batch = split.batch;
+  FFI_ASSIGN_OR_RETURN(int64_t scale_stride,
+                       OperandBatchStride(scale.dimensions(), 0, batch_dims, op, "scale"));
+  if (ffi::ByteWidth(scale.element_type()) != sizeof(Acc)) {
+    return InvalidArgument(op, "scale must be float64 for float64 grads, else float32");
+  }
+  std::vector<Offsets<Index>> offsets;
+  FFI_RETURN_IF_ERROR(ReadOffsets(op, args, num_tables, dims, batch_dims, &offsets));
+  std::vector<const F*> grads(num_tables);
+  std::vector<int64_t> grads_stride(num_tables);
+  int64_t rows = 0;
+  for (size_t m = 0; m < num_tables; ++m) {
+    FFI_ASSIGN_OR_RETURN(ffi::AnyBuffer g, args.get<ffi::AnyBuffer>(m));
+    const auto d = g.dimensions();
+    FFI_ASSIGN_OR_RETURN(grads_stride[m], OperandBatchStride(d, 2, batch_dims, op, "grads"));
+    if (g.element_type() != out->element_type() || d[d.size() - 2] != offsets[m].length ||
+        d.back() != dims[m]) {
+      return InvalidArgument(op, "grads[" + std::to_string(m) + "] does not match its offsets and dim");
+    }
+    grads[m] = g.typed_data<F>();
+    rows += offsets[m].length;
+  }
+  int64_t parts = 1;
+  const int64_t workers = std::max<int64_t>(1, pool.num_threads());
+  if (workers > 1 && batch < workers) {
+    parts = std::max<int64_t>(1, std::min((workers + batch - 1) / batch,
+                                          (size + rows) / kElementsPerTask));
+  }
+  const Acc* scales = scale.typed_data<Acc>();
+  F* result = out->typed_data<F>();
+  return ParallelFor(&pool, batch * parts, workers, [&](int64_t t, int64_t) -> ffi::Error {
+    const int64_t b = t / parts, p = t % parts;
+    const int64_t e0 = size * p / parts, e1 = size * (p + 1) / parts;
+    F* dst = result + b * size;
+    std::vector<Acc> scratch;
+    Acc* acc;  // acc[e - e0] is output element e
+    if constexpr (kDirect) {
+      acc = dst + e0;
+      std::fill(acc, acc + (e1 - e0), Acc{0});
+    } else {
+      scratch.assign(static_cast<size_t>(e1 - e0), Acc{0});
+      acc = scratch.data();
+    }
+    for (size_t m = 0; m < num_tables; ++m) {
+      const Offsets<Index>& off = offsets[m];
+      const int64_t dim = off.dim;
+      const Index* o = off.data + b * off.stride;
+      const F* g = grads[m] + b * grads_stride[m];
+      for (int64_t j = 0; j < off.length; ++j) {
+        const int64_t offset = static_cast<int64_t>(o[j]);
+        if (!FusedRowInBounds(offset, dim, size)) {
+          return OffsetOutOfBounds(op, static_cast<int64_t>(m), offset, b * off.stride + j, dim, size);
+        }
+        const int64_t lo = std::max(offset, e0), hi = std::min(offset + dim, e1);
+        if (lo >= hi) continue;
+        const F* row = g + j * dim + (lo - offset);
+        Acc* to = acc + (lo - e0);
+        for (int64_t e = 0; e < hi - lo; ++e) to[e] += Accumulator<F>::Load(row[e]);
+      }
+    }
+    const Acc s = scales[b * scale_stride];
+    for (int64_t e = e0; e < e1; ++e) dst[e] = Accumulator<F>::Store(acc[e - e0] * s);
+    return ffi::Error::Success();
+  });
+}
+
+ffi::DataType OffsetsDtype(const ffi::RemainingArgs& args, size_t index) {
+  if (index >= args.size()) return ffi::DataType::S32;  // no tables: nothing is read
+  auto buffer = args.get<ffi::AnyBuffer>(index);
+  return buffer.has_value() ? buffer.value().element_type() : ffi::DataType::INVALID;
+}
+
+template <typename F, typename... Args>
+ffi::Error FusedGatherGradByIndex(ffi::DataType index_dtype, Args&&... args) {
+  DISTOPS_DTYPE_DISPATCH(DISTOPS_INDEX_TYPES, index_dtype, kFusedGatherGradOp, FusedGatherGradImpl,
+                         TypeTag<F>{}, std::forward<Args>(args)...);
+}
+
+ffi::Error FusedGatherDispatch(ffi::ThreadPool pool, ffi::AnyBuffer fused, ffi::RemainingArgs args,
+                               ffi::RemainingRets rets, ffi::Span<const int64_t> dims) {
+  return CatchAll(kFusedGatherOp, [&]() -> ffi::Error {
+    DISTOPS_DTYPE_DISPATCH(DISTOPS_INDEX_TYPES, OffsetsDtype(args, 0), kFusedGatherOp, FusedGatherImpl,
+                           pool, fused, args, rets, dims);
+  });
+}
+
+ffi::Error FusedGatherGradDispatch(ffi::ThreadPool pool, ffi::AnyBuffer scale, ffi::RemainingArgs args,
+                                   ffi::Result<ffi::AnyBuffer> out, ffi::Span<const int64_t> dims) {
+  return CatchAll(kFusedGatherGradOp, [&]() -> ffi::Error {
+    DISTOPS_DTYPE_DISPATCH(DISTOPS_FLOAT_TYPES, out->element_type(), kFusedGatherGradOp,
+                           FusedGatherGradByIndex, OffsetsDtype(args, dims.size()), pool, scale, args,
+                           out, dims);
+  });
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedGatherEmbeddingsByInput, FusedGatherDispatch,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()  // fused_embeddings [*batch, E]
+                                  .RemainingArgs()        // offsets: M x [*batch, L_m]
+                                  .RemainingRets()        // M x [*batch, L_m, dims[m]]
+                                  .Attr<ffi::Span<const int64_t>>("dims"));  // embedding_dims
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedGatherEmbeddingsByInputGradient, FusedGatherGradDispatch,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()  // scale [*batch]
+                                  .RemainingArgs()        // grads: M x [*batch, L_m, dims[m]], then
+                                                          // offsets: M x [*batch, L_m]
+                                  .Ret<ffi::AnyBuffer>()  // [*batch, fused_embeddings_size]
+                                  .Attr<ffi::Span<const int64_t>>("dims"));  // embedding_dims
+
+}  // namespace jax_distops
