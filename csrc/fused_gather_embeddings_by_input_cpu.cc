@@ -26,6 +26,8 @@ constexpr const char* kFusedGatherGradOp = "fused_gather_embeddings_by_input_gra
 // Rows per forward task, and output elements per gradient task, below which a task is not worth it.
 constexpr int64_t kRowsPerTask = 1 << 13;
 constexpr int64_t kElementsPerTask = 1 << 16;
+// Rows are prefetched this many offsets ahead.
+constexpr int64_t kPrefetch = 16;
 
 // One table's offsets: [*batch?, L] of Index, batch stride 0 when shared.
 template <typename Index>
@@ -34,9 +36,9 @@ struct Offsets {
   int64_t stride, length, dim;
 };
 
-ffi::Error OffsetOutOfBounds(const char* op, int64_t table, int64_t value, int64_t position,
-                             int64_t dim, int64_t size) {
-  return InvalidArgument(op, "fused_embedding_offsets[" + std::to_string(table) + "] has value " +
+ffi::Error OffsetOutOfBounds(const char* op, const char* arg, int64_t table, int64_t value,
+                             int64_t position, int64_t dim, int64_t size) {
+  return InvalidArgument(op, std::string(arg) + "[" + std::to_string(table) + "] has value " +
                                  std::to_string(value) + " at position " + std::to_string(position) +
                                  ": its row [" + std::to_string(value) + ", " +
                                  std::to_string(value + dim) + ") lies outside the fused buffer of " +
@@ -117,9 +119,14 @@ ffi::Error FusedGatherImpl(ffi::ThreadPool& pool, const ffi::AnyBuffer& fused,
     return DispatchRowBytes(static_cast<size_t>(row_bytes), [&](auto row_size) -> ffi::Error {
       constexpr size_t kRowBytes = decltype(row_size)::value;
       for (int64_t j = task.begin; j < task.end; ++j) {
+        if (j + kPrefetch < task.end) {  // rows are scattered over the buffer: hide the misses
+          const int64_t ahead = static_cast<int64_t>(o[j + kPrefetch]);
+          if (FusedRowInBounds(ahead, dim, size)) PrefetchRow(from + ahead * elem, row_bytes);
+        }
         const int64_t offset = static_cast<int64_t>(o[j]);
         if (!FusedRowInBounds(offset, dim, size)) {
-          return OffsetOutOfBounds(op, task.m, offset, task.b * off.stride + j, dim, size);
+          return OffsetOutOfBounds(op, "fused_embedding_offsets", task.m, offset,
+                                   task.b * off.stride + j, dim, size);
         }
         CopyRow<kRowBytes>(to + j * row_bytes, from + offset * elem, static_cast<size_t>(row_bytes));
       }
@@ -191,9 +198,14 @@ ffi::Error FusedGatherGradImpl(TypeTag<F>, ffi::ThreadPool& pool, const ffi::Any
       const Index* o = off.data + b * off.stride;
       const F* g = grads[m] + b * grads_stride[m];
       for (int64_t j = 0; j < off.length; ++j) {
+        if (j + kPrefetch < off.length) {  // the rows it adds to are scattered: hide the misses
+          const int64_t ahead = static_cast<int64_t>(o[j + kPrefetch]);
+          if (ahead >= e0 && ahead < e1) PrefetchRow<true>(acc + (ahead - e0), dim * sizeof(Acc));
+        }
         const int64_t offset = static_cast<int64_t>(o[j]);
         if (!FusedRowInBounds(offset, dim, size)) {
-          return OffsetOutOfBounds(op, static_cast<int64_t>(m), offset, b * off.stride + j, dim, size);
+          return OffsetOutOfBounds(op, "embedding_offsets", static_cast<int64_t>(m), offset,
+                                   b * off.stride + j, dim, size);
         }
         const int64_t lo = std::max(offset, e0), hi = std::min(offset + dim, e1);
         if (lo >= hi) continue;

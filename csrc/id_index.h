@@ -3,11 +3,17 @@
 #ifndef JAX_DISTOPS_CSRC_ID_INDEX_H_
 #define JAX_DISTOPS_CSRC_ID_INDEX_H_
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <new>
+#include <utility>
 #include <vector>
 
 #include "sharding.h"
@@ -28,6 +34,56 @@ inline int64_t ExpectedUnique(int64_t unique, int64_t seen, int64_t n) {
   const int64_t expected = unique * n / std::max<int64_t>(seen, 1);
   return expected + expected / 8;
 }
+
+// Zero-initialised storage for the slots of an IdIndex. Arrays of 2 MiB and more sit on 2 MiB-aligned
+// memory that asks for transparent huge pages: an index is probed at random, and on 4 KiB pages a
+// large one misses the TLB on nearly every probe (page walks are slow, worse under virtualization).
+// Indexes are pooled (IndexLease), so the one-time cost of getting huge pages is not paid per call.
+template <typename T>
+class ZeroedArray {
+ public:
+  ZeroedArray() = default;
+  ~ZeroedArray() { std::free(data_); }
+  ZeroedArray(const ZeroedArray&) = delete;
+  ZeroedArray& operator=(const ZeroedArray&) = delete;
+
+  size_t size() const { return size_; }
+  T& operator[](size_t i) { return data_[i]; }
+  const T& operator[](size_t i) const { return data_[i]; }
+  void swap(ZeroedArray& other) {
+    std::swap(data_, other.data_);
+    std::swap(size_, other.size_);
+  }
+  void Zero() {
+    if (size_ > 0) std::memset(static_cast<void*>(data_), 0, size_ * sizeof(T));
+  }
+  // Makes it hold at least n elements, all zero: the old contents are dropped, not copied.
+  void GrowDiscarding(size_t n) {
+    if (n <= size_) return;
+    constexpr size_t kHuge = size_t{2} << 20;
+    const size_t bytes = n * sizeof(T);
+    const size_t align = bytes >= kHuge ? kHuge : 64;
+    const size_t rounded = (bytes + align - 1) / align * align;
+    void* p = std::aligned_alloc(align, rounded);
+    if (p == nullptr) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+    if (align == kHuge) madvise(p, rounded, MADV_HUGEPAGE);
+#endif
+    std::memset(p, 0, rounded);
+    std::free(data_);
+    data_ = static_cast<T*>(p);
+    size_ = rounded / sizeof(T);
+  }
+  void Release() {
+    std::free(data_);
+    data_ = nullptr;
+    size_ = 0;
+  }
+
+ private:
+  T* data_ = nullptr;
+  size_t size_ = 0;
+};
 
 // Linear probing at load factor <= 1/2; the capacity is any size (a slot is picked by the high bits
 // of hash * capacity, not by a power-of-two mask), so an index sized for its data stays as small
@@ -53,8 +109,8 @@ class IdIndex {
   // Frees the buffers if they hold more than `max_bytes` (the index must be Reset before reuse).
   void ReleaseAbove(int64_t max_bytes) {
     if (static_cast<int64_t>((slots_.size() + spare_.size()) * sizeof(Slot)) <= max_bytes) return;
-    std::vector<Slot>().swap(slots_);
-    std::vector<Slot>().swap(spare_);
+    slots_.Release();
+    spare_.Release();
     capacity_ = 0;
   }
 
@@ -119,15 +175,16 @@ class IdIndex {
   // A generation number never used before in either buffer, so every slot reads as empty.
   void NextGeneration() {
     if (++generation_ == 0) {  // wrapped: clear once, then start again at 1
-      std::fill(slots_.begin(), slots_.end(), Slot{0, 0, 0});
-      std::fill(spare_.begin(), spare_.end(), Slot{0, 0, 0});
+      slots_.Zero();
+      spare_.Zero();
       generation_ = 1;
     }
   }
 
   // New slots get generation 0, which is never current.
-  static void EnsureSize(std::vector<Slot>& slots, int64_t cap) {
-    if (static_cast<size_t>(cap) > slots.size()) slots.resize(static_cast<size_t>(cap), Slot{0, 0, 0});
+  // Only called when the contents are stale (after a new generation), so growing may drop them.
+  static void EnsureSize(ZeroedArray<Slot>& slots, int64_t cap) {
+    slots.GrowDiscarding(static_cast<size_t>(cap));
   }
 
   void SetCapacity(int64_t cap) {
@@ -141,7 +198,7 @@ class IdIndex {
     const uint32_t old_generation = generation_;
     const bool wrap = generation_ == std::numeric_limits<uint32_t>::max();  // then both buffers are cleared, around the move
     if (wrap) {
-      std::fill(spare_.begin(), spare_.end(), Slot{0, 0, 0});
+      spare_.Zero();
       generation_ = 1;
     } else {
       ++generation_;
@@ -156,11 +213,11 @@ class IdIndex {
     }
     slots_.swap(spare_);
     capacity_ = cap;
-    if (wrap) std::fill(spare_.begin(), spare_.end(), Slot{0, 0, 0});
+    if (wrap) spare_.Zero();
   }
 
-  std::vector<Slot> slots_;
-  std::vector<Slot> spare_;  // the other buffer of Rehash
+  ZeroedArray<Slot> slots_;
+  ZeroedArray<Slot> spare_;  // the other buffer of Rehash
   uint32_t generation_ = 0;
   int64_t capacity_ = 0;
 };

@@ -218,10 +218,14 @@ struct Chunks {
 };
 
 // out[b][i] = src row resolver.Row(b, i), for `batch` x `n` output rows of src.row_bytes() bytes.
-// With src == nullptr only resolves (for the resolver's side effects and errors).
+// With src == nullptr only resolves (for the resolver's side effects and errors). Software
+// pipeline: the map slot of row i + 2A is prefetched, row i + A is resolved and its source row
+// prefetched, and row i is copied (A = kLookupPrefetch), so the random reads of the map and of the
+// table overlap instead of stalling one by one.
 template <typename Resolver>
 ffi::Error GatherRows(ffi::ThreadPool* pool, int64_t workers, int64_t batch, int64_t n,
                       const TableRows* src, char* out, const Resolver& resolver) {
+  constexpr int64_t kAhead = kLookupPrefetch;
   const Chunks chunks(batch, n, workers);
   const size_t row_bytes = src != nullptr ? src->row_bytes() : 0;
   return ParallelFor(pool, batch * chunks.per_batch, workers, [&](int64_t t, int64_t) {
@@ -231,11 +235,22 @@ ffi::Error GatherRows(ffi::ThreadPool* pool, int64_t workers, int64_t batch, int
     return DispatchRowBytes(row_bytes, [&](auto row_size) -> ffi::Error {
       constexpr size_t kRowBytes = decltype(row_size)::value;
       char* dst = out + b * n * static_cast<int64_t>(row_bytes);
-      for (int64_t i = begin; i < end; ++i) {
-        if (i + kLookupPrefetch < end) resolver.Prefetch(b, i + kLookupPrefetch);
-        const int64_t r = resolver.Row(b, i);
-        if (r < 0) return resolver.Error(b, i);
-        if (src != nullptr) CopyRow<kRowBytes>(dst + i * row_bytes, src->Row(b, r), row_bytes);
+      const char* ring[kAhead];  // source rows of i .. i + kAhead - 1
+      for (int64_t j = begin; j < end; ++j) {
+        if (j + kAhead < end) resolver.Prefetch(b, j + kAhead);
+        const int64_t r = resolver.Row(b, j);
+        if (r < 0) return resolver.Error(b, j);
+        if (src == nullptr) continue;
+        const char* row = src->Row(b, r);
+        PrefetchRow(row, row_bytes);
+        const int64_t i = j - kAhead;  // copied first: row j takes its place in the ring
+        if (i >= begin) CopyRow<kRowBytes>(dst + i * row_bytes, ring[i % kAhead], row_bytes);
+        ring[j % kAhead] = row;
+      }
+      if (src != nullptr) {
+        for (int64_t i = std::max(begin, end - kAhead); i < end; ++i) {
+          CopyRow<kRowBytes>(dst + i * row_bytes, ring[i % kAhead], row_bytes);
+        }
       }
       return ffi::Error::Success();
     });
@@ -276,6 +291,16 @@ ffi::Error ScatterAddRows(ffi::ThreadPool* pool, int64_t workers, int64_t batch,
     }
     const T* g = grads + b * grads_stride;
     for (int64_t k = 0; k < n; ++k) {
+      if (k + kLookupPrefetch < n) {  // the rows it adds to are scattered: hide the misses
+        const int64_t ahead = resolver.Row(b, k + kLookupPrefetch);
+        if (ahead >= r0 && ahead < r1) {
+          if constexpr (kDirect) {
+            PrefetchRow<true>(dst.Row(b, ahead), row_bytes);
+          } else {
+            PrefetchRow<true>(acc + (ahead - r0) * width, static_cast<size_t>(width) * sizeof(Acc));
+          }
+        }
+      }
       const int64_t r = resolver.Row(b, k);
       if (r < 0) return resolver.Error(b, k);
       if (r < r0 || r >= r1) continue;

@@ -36,6 +36,13 @@ inline void CopyRow(void* dst, const void* src, size_t row_bytes) {
   std::memcpy(dst, src, kRowBytes > 0 ? kRowBytes : row_bytes);
 }
 
+// Prefetches the cache lines of a row (for reading, or for writing with kWrite).
+template <bool kWrite = false>
+inline void PrefetchRow(const void* row, size_t row_bytes) {
+  const char* p = static_cast<const char*>(row);
+  for (size_t line = 0; line < row_bytes; line += 64) __builtin_prefetch(p + line, kWrite ? 1 : 0);
+}
+
 // bfloat16 as XLA stores it: the top 16 bits of a float32.
 struct BFloat16 {
   uint16_t bits;

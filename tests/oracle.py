@@ -11,7 +11,11 @@ Ops:
   * `split_by_indices` and `split_by_indices_gradient` (spec section 1);
   * `reorder_by_indices` (spec section 2);
   * `fused_reorder_by_indices` (spec section 3);
-  * `ragged_split_by_indices` (spec section 4).
+  * `ragged_split_by_indices` (spec section 4);
+  * `map_id_to_embedding` and `map_id_to_embedding_gradient` (spec section 8);
+  * `gather_embeddings_by_input` and `gather_embeddings_by_ids_gradient` (spec section 9);
+  * `fused_gather_embeddings_by_input` and `fused_gather_embeddings_by_input_gradient` (spec
+    section 10).
 Besides the static-shape layouts, `split_by_indices_list` and `ragged_split_by_indices_lists`
 restate Monolith's own list outputs (one array / ragged value per split) directly from the spec,
 so the result objects' `to_list()` / `to_ragged_list()` are checked against an independent
@@ -387,3 +391,232 @@ def ragged_split_by_indices_lists(indices, values, row_splits, num_splits: int):
         values_list.append((value_arr, rs))
         positions_list.append((np.array(flat_positions[s], dtype=splits_dtype), rs.copy()))
     return values_list, positions_list
+
+
+# --------------------------------------------------------------------------------------------------
+# map_id_to_embedding and gather_embeddings_by_input (spec sections 8 and 9)
+# --------------------------------------------------------------------------------------------------
+
+
+def _lookup_accumulation_dtype(dtype) -> np.dtype:
+    """The lookup gradients sum in float32 (float32 and bfloat16 grads) or float64 (float64 grads)
+    and round to the grads' dtype once, at the end (as the ops document)."""
+    dtype = np.dtype(dtype)
+    if dtype == np.float64:
+        return np.dtype(np.float64)
+    if dtype == np.float32 or dtype.name == "bfloat16":
+        return np.dtype(np.float32)
+    raise AssertionError(f"oracle: unsupported float dtype {dtype}")
+
+
+def _num_elements(shape) -> int:
+    count = 1
+    for n in shape:
+        count *= int(n)
+    return count
+
+
+def _first_split_and_row(ids_list) -> dict:
+    """Spec 8.2: id -> (s, j), scanning s = 0..S-1, then j = 0..K_s-1; the FIRST mapping wins."""
+    where = {}
+    for s, ids in enumerate(ids_list):
+        for j, v in enumerate(np.asarray(ids).tolist()):
+            if v not in where:
+                where[v] = (s, j)
+    return where
+
+
+def map_id_to_embedding(ids_list, embeddings_list, input) -> np.ndarray:  # noqa: A002
+    """Spec 8.2: `out[idx] = embeddings_list[s][j]` for `(s, j) = map[input[idx]]`.
+
+    Args:
+      ids_list: S >= 1 one-dimensional integer arrays (K_s ids each).
+      embeddings_list: S float arrays `[K_s, D]`, one dtype, one D.
+      input: integer ids of any shape (rank 0 too); every one must be in the map.
+
+    Returns:
+      `[*input.shape, D]` in the embeddings' dtype (rows copied bit for bit).
+    """
+    tables = [np.asarray(t) for t in ids_list]
+    embs = [np.asarray(e) for e in embeddings_list]
+    assert len(tables) == len(embs) >= 1
+    width, dtype = embs[0].shape[1], embs[0].dtype
+    for t, e in zip(tables, embs):
+        assert t.ndim == 1 and e.dtype == dtype and e.shape == (t.shape[0], width)
+    where = _first_split_and_row(tables)
+    inp = np.asarray(input)
+    flat = inp.reshape(-1).tolist()
+    out = np.zeros((len(flat), width), dtype=dtype)
+    for k, v in enumerate(flat):
+        if v not in where:
+            raise ValueError(f"oracle: Unable to map id {v}")
+        s, j = where[v]
+        out[k] = embs[s][j]
+    return out.reshape(inp.shape + (width,))
+
+
+def map_id_to_embedding_gradient(ids_list, input, grads) -> list:  # noqa: A002
+    """Spec 8.3: `out[s][j] = sum of grads[k]` over flat k ascending with `map[input[k]] == (s, j)`.
+
+    Args:
+      ids_list: S >= 1 one-dimensional integer arrays (K_s ids each).
+      input: integer ids of any shape; every one must be in the map.
+      grads: `[*input.shape, D]` float.
+
+    Returns:
+      S arrays `[K_s, D]` in grads' dtype; rows never hit are 0. Summed sequentially in ascending
+      flat input order in float32 (float64 for float64 grads), rounded to grads' dtype once.
+    """
+    tables = [np.asarray(t) for t in ids_list]
+    assert len(tables) >= 1 and all(t.ndim == 1 for t in tables)
+    inp = np.asarray(input)
+    grads = np.asarray(grads)
+    assert grads.ndim >= 1 and grads.shape[:-1] == inp.shape, (grads.shape, inp.shape)
+    width = grads.shape[-1]
+    acc_dtype = _lookup_accumulation_dtype(grads.dtype)
+    flat_grads = grads.reshape(_num_elements(inp.shape), width)
+    where = _first_split_and_row(tables)
+    acc = [np.zeros((t.shape[0], width), dtype=acc_dtype) for t in tables]
+    for k, v in enumerate(inp.reshape(-1).tolist()):
+        if v not in where:
+            raise ValueError(f"oracle: Unable to map id {v}")
+        s, j = where[v]
+        acc[s][j] += flat_grads[k].astype(acc_dtype)
+    return [a.astype(grads.dtype) for a in acc]
+
+
+class GatherExpected(NamedTuple):
+    """Expected outputs of `gather_embeddings_by_input`, same fields and order as the op's result."""
+
+    output: np.ndarray  # embeddings dtype, [*input.shape, D]
+    index_mapping: np.ndarray  # int64, [*input.shape] (the op gives int32 when x64 is off)
+
+
+def gather_embeddings_by_input(ids, embeddings, input) -> GatherExpected:  # noqa: A002
+    """Spec 9.2: `index_mapping[idx]` = the first j with `ids[j] == input[idx]`;
+    `output[idx] = embeddings[index_mapping[idx]]`.
+
+    Args:
+      ids: 1-D integer `[M]`.
+      embeddings: float `[M, D]`.
+      input: integer ids of any shape; every one must be in `ids`.
+    """
+    ids = np.asarray(ids)
+    embeddings = np.asarray(embeddings)
+    assert ids.ndim == 1 and embeddings.ndim == 2 and embeddings.shape[0] == ids.shape[0]
+    first = {}
+    for j, v in enumerate(ids.tolist()):
+        if v not in first:
+            first[v] = j
+    inp = np.asarray(input)
+    flat = inp.reshape(-1).tolist()
+    output = np.zeros((len(flat), embeddings.shape[1]), dtype=embeddings.dtype)
+    mapping = np.zeros(len(flat), dtype=np.int64)
+    for k, v in enumerate(flat):
+        if v not in first:
+            raise ValueError(f"oracle: Unable to map id {v}")
+        mapping[k] = first[v]
+        output[k] = embeddings[first[v]]
+    return GatherExpected(
+        output=output.reshape(inp.shape + (embeddings.shape[1],)),
+        index_mapping=mapping.reshape(inp.shape),
+    )
+
+
+def gather_embeddings_by_ids_gradient(num_rows: int, grads, index_mapping) -> np.ndarray:
+    """Spec 9.3: `out[index_mapping[k]] += grads[k]` for flat k ascending; `[num_rows, D]`.
+
+    Summed in float32 (float64 for float64 grads), rounded to grads' dtype once; rows never hit
+    are 0. Every index_mapping entry must be in `[0, num_rows)`.
+    """
+    grads = np.asarray(grads)
+    mapping = np.asarray(index_mapping)
+    assert grads.ndim >= 1 and grads.shape[:-1] == mapping.shape, (grads.shape, mapping.shape)
+    width = grads.shape[-1]
+    acc_dtype = _lookup_accumulation_dtype(grads.dtype)
+    flat_grads = grads.reshape(_num_elements(mapping.shape), width)
+    acc = np.zeros((num_rows, width), dtype=acc_dtype)
+    for k, j in enumerate(mapping.reshape(-1).tolist()):
+        if not 0 <= j < num_rows:
+            raise ValueError(f"oracle: index_mapping[{k}] = {j} is outside [0, {num_rows})")
+        acc[j] += flat_grads[k].astype(acc_dtype)
+    return acc.astype(grads.dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# fused_gather_embeddings_by_input (spec section 10)
+# --------------------------------------------------------------------------------------------------
+
+
+def fused_gather_embeddings_by_input(fused_embeddings, offsets_list, dims) -> list:
+    """Spec 10.2 forward: `out_m[j, :] = flat[off_m[j] : off_m[j] + dims[m]]`.
+
+    Args:
+      fused_embeddings: float array of any shape, read flattened (length E).
+      offsets_list: M one-dimensional integer arrays (L_m offsets each).
+      dims: M ints >= 1.
+
+    Returns:
+      M arrays `[L_m, dims[m]]` in fused_embeddings' dtype (values copied bit for bit).
+    """
+    flat = np.asarray(fused_embeddings).reshape(-1)
+    assert len(offsets_list) == len(dims)
+    outputs = []
+    for m, (offsets, dim) in enumerate(zip(offsets_list, dims)):
+        offsets = np.asarray(offsets)
+        assert offsets.ndim == 1 and int(dim) >= 1
+        out = np.zeros((offsets.shape[0], int(dim)), dtype=flat.dtype)
+        for j, off in enumerate(offsets.tolist()):
+            if off < 0 or off + dim > flat.shape[0]:
+                raise ValueError(
+                    f"oracle: table {m} offset {off} (dim {dim}) is outside [0, {flat.shape[0]}]"
+                )
+            out[j, :] = flat[off : off + dim]
+        outputs.append(out)
+    return outputs
+
+
+def fused_gather_embeddings_by_input_gradient(
+    size: int, grads_list, offsets_list, dims, scale=1.0, dtype=None
+) -> np.ndarray:
+    """Spec 10.2 gradient with jax_distops' deviations (DESIGN.md section 2: scale always applied,
+    deterministic) and the documented summation order.
+
+    `out[i] = scale * sum(grads_m[j, i - off_m[j]] for m ascending, then j ascending, over every
+    (m, j) with off_m[j] <= i < off_m[j] + dims[m])`. The sum runs sequentially in float32
+    (float64 for float64 grads), the product with `scale` (rounded to that precision first) is
+    taken in the same precision, and the result is rounded to grads' dtype once. Entries no row
+    touches are `0 * scale`.
+
+    Args:
+      size: E >= 0, the length of the output.
+      grads_list: M float arrays `[L_m, dims[m]]`, one dtype.
+      offsets_list: M one-dimensional integer arrays (L_m offsets each), each in `[0, E - dims[m]]`.
+      dims: M ints >= 1.
+      scale: a float (or numpy scalar).
+      dtype: the output dtype when M == 0 (otherwise grads' dtype; must agree if given).
+
+    Returns:
+      `[size]` in grads' dtype.
+    """
+    grads = [np.asarray(g) for g in grads_list]
+    assert len(grads) == len(offsets_list) == len(dims)
+    if grads:
+        assert dtype is None or np.dtype(dtype) == grads[0].dtype
+        dtype = grads[0].dtype
+    assert dtype is not None, "oracle: pass dtype when there are no tables"
+    acc_dtype = _lookup_accumulation_dtype(dtype)
+    acc = np.zeros(int(size), dtype=acc_dtype)
+    for m, (g, offsets, dim) in enumerate(zip(grads, offsets_list, dims)):
+        offsets = np.asarray(offsets)
+        assert g.dtype == np.dtype(dtype) and offsets.ndim == 1
+        assert g.shape == (offsets.shape[0], int(dim)), (g.shape, offsets.shape, dim)
+        for j, off in enumerate(offsets.tolist()):
+            if off < 0 or off + dim > size:
+                raise ValueError(
+                    f"oracle: table {m} offset {off} (dim {dim}) is outside [0, {size}]"
+                )
+            # One float add per element, in (m, j) order: the slice add is elementwise.
+            acc[off : off + dim] += g[j].astype(acc_dtype)
+    scale = acc_dtype.type(np.asarray(scale).astype(np.float64).item())
+    return (acc * scale).astype(dtype)

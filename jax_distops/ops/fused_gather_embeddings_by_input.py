@@ -233,11 +233,11 @@ def _gradient_transpose(ct, scale, *tables, dims, size):
         acc = scale.aval.dtype
         ct_scale = jnp.sum(ct.astype(acc) * unscaled.astype(acc))
         return [ct_scale] + [None] * (2 * num_tables)
-    assert all(ad.is_undefined_primal(g) for g in grads)
+    linear = [ad.is_undefined_primal(g) for g in grads]  # tables not differentiated get None
     if type(ct) is ad.Zero:
-        return [None] + [ad.Zero(g.aval) for g in grads] + none
+        return [None] + [ad.Zero(g.aval) if u else None for g, u in zip(grads, linear)] + none
     rows = fused_gather_p.bind(ct, *offsets, dims=dims)
-    ct_grads = [(r * scale).astype(g.aval.dtype) for r, g in zip(rows, grads)]
+    ct_grads = [(r * scale).astype(g.aval.dtype) if u else None for r, g, u in zip(rows, grads, linear)]
     return [None] + ct_grads + none
 
 

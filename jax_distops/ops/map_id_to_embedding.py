@@ -201,11 +201,12 @@ def _gradient_jvp(primals, tangents, *, num_tables):
 def _transpose(ct, input, *tables, num_tables, use_multi_threads):  # noqa: A002
     del use_multi_threads
     ids, embs = tables[:num_tables], tables[num_tables:]
-    assert all(ad.is_undefined_primal(e) for e in embs) and not ad.is_undefined_primal(input)
+    assert not ad.is_undefined_primal(input)
+    linear = [ad.is_undefined_primal(e) for e in embs]  # tables not differentiated get None
     if type(ct) is ad.Zero:
-        return [None] * (1 + num_tables) + [ad.Zero(e.aval) for e in embs]
+        return [None] * (1 + num_tables) + [ad.Zero(e.aval) if u else None for e, u in zip(embs, linear)]
     grads = map_id_to_embedding_gradient_p.bind(input, ct, *ids, num_tables=num_tables)
-    return [None] * (1 + num_tables) + list(grads)
+    return [None] * (1 + num_tables) + [g if u else None for g, u in zip(grads, linear)]
 
 
 def _gradient_transpose(cts, input, grads, *ids, num_tables):  # noqa: A002
