@@ -134,9 +134,9 @@ class IdRowMap {
 
   // The row of `key` in map `map` (0 when the map is shared), or -1 if it has none.
   int32_t Find(int64_t map, uint64_t key) const { return Part(map, key).Find(key); }
-  void Prefetch(int64_t map, uint64_t key) const {
-    __builtin_prefetch(Part(map, key).SlotAddress(key));
-  }
+  // The slot to prefetch before looking `key` up. (Callers prefetch it themselves: GCC deems a
+  // function whose only effect is a prefetch pure, and deletes calls to it.)
+  const void* SlotAddress(int64_t map, uint64_t key) const { return Part(map, key).SlotAddress(key); }
   int64_t MapOf(int64_t b) const { return num_maps_ == 1 ? 0 : b; }
 
  private:
@@ -165,8 +165,8 @@ struct MapResolver {
   int64_t n;
   Mapping* mapping;  // may be null
 
-  void Prefetch(int64_t b, int64_t i) const {
-    map.Prefetch(map.MapOf(b), static_cast<uint64_t>(input[b * input_stride + i]));
+  const void* PrefetchAddress(int64_t b, int64_t i) const {
+    return map.SlotAddress(map.MapOf(b), static_cast<uint64_t>(input[b * input_stride + i]));
   }
   int64_t Row(int64_t b, int64_t i) const {
     const int32_t r = map.Find(map.MapOf(b), static_cast<uint64_t>(input[b * input_stride + i]));
@@ -190,7 +190,7 @@ struct IndexResolver {
   int64_t index_stride;  // 0 when shared by the batch
   int64_t num_rows;
 
-  void Prefetch(int64_t, int64_t) const {}
+  const void* PrefetchAddress(int64_t, int64_t) const { return nullptr; }
   int64_t Row(int64_t b, int64_t i) const {
     const int64_t r = static_cast<int64_t>(index[b * index_stride + i]);
     return r >= 0 && r < num_rows ? r : -1;
@@ -237,7 +237,9 @@ ffi::Error GatherRows(ffi::ThreadPool* pool, int64_t workers, int64_t batch, int
       char* dst = out + b * n * static_cast<int64_t>(row_bytes);
       const char* ring[kAhead];  // source rows of i .. i + kAhead - 1
       for (int64_t j = begin; j < end; ++j) {
-        if (j + kAhead < end) resolver.Prefetch(b, j + kAhead);
+        if (j + kAhead < end) {
+          if (const void* slot = resolver.PrefetchAddress(b, j + kAhead)) __builtin_prefetch(slot);
+        }
         const int64_t r = resolver.Row(b, j);
         if (r < 0) return resolver.Error(b, j);
         if (src == nullptr) continue;

@@ -36,9 +36,10 @@ inline void CopyRow(void* dst, const void* src, size_t row_bytes) {
   std::memcpy(dst, src, kRowBytes > 0 ? kRowBytes : row_bytes);
 }
 
-// Prefetches the cache lines of a row (for reading, or for writing with kWrite).
+// Prefetches the cache lines of a row (for reading, or for writing with kWrite). Always inlined:
+// GCC deems a function whose only effect is a prefetch pure and may delete calls to it.
 template <bool kWrite = false>
-inline void PrefetchRow(const void* row, size_t row_bytes) {
+__attribute__((always_inline)) inline void PrefetchRow(const void* row, size_t row_bytes) {
   const char* p = static_cast<const char*>(row);
   for (size_t line = 0; line < row_bytes; line += 64) __builtin_prefetch(p + line, kWrite ? 1 : 0);
 }
