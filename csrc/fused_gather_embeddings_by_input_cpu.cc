@@ -100,6 +100,7 @@ ffi::Error FusedGatherImpl(ffi::ThreadPool& pool, const ffi::AnyBuffer& fused,
       return InvalidArgument(op, "output " + std::to_string(m) + " does not match its offsets and dim");
     }
     out[m] = static_cast<char*>(buffer->untyped_data());
+    AdviseHugePages(out[m], static_cast<size_t>(split.batch * length * dims[m] * elem));
     bytes += split.batch * length * dims[m] * elem;
     for (int64_t b = 0; b < split.batch; ++b) {
       for (int64_t begin = 0; begin < length; begin += kRowsPerTask) {
@@ -179,6 +180,7 @@ ffi::Error FusedGatherGradImpl(TypeTag<F>, ffi::ThreadPool& pool, const ffi::Any
   }
   const Acc* scales = scale.typed_data<Acc>();
   F* result = out->typed_data<F>();
+  AdviseHugePages(result, static_cast<size_t>(batch * size) * sizeof(F));
   return ParallelFor(&pool, batch * parts, workers, [&](int64_t t, int64_t) -> ffi::Error {
     const int64_t b = t / parts, p = t % parts;
     const int64_t e0 = size * p / parts, e1 = size * (p + 1) / parts;

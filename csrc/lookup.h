@@ -49,12 +49,12 @@ class TableRows {
   int64_t start(int64_t s) const { return start_[s]; }
 
   // The table holding row r (tables without rows hold none).
-  int64_t TableOf(int64_t r) const {
+  __attribute__((always_inline)) int64_t TableOf(int64_t r) const {
     if (data_.size() == 1) return 0;
     return std::upper_bound(start_.begin() + 1, start_.end(), r) - start_.begin() - 1;
   }
 
-  char* Row(int64_t b, int64_t r) const {
+  __attribute__((always_inline)) char* Row(int64_t b, int64_t r) const {
     const int64_t s = TableOf(r);
     return data_[s] + b * stride_[s] + (r - start_[s]) * static_cast<int64_t>(row_bytes_);
   }
@@ -228,6 +228,7 @@ ffi::Error GatherRows(ffi::ThreadPool* pool, int64_t workers, int64_t batch, int
   constexpr int64_t kAhead = kLookupPrefetch;
   const Chunks chunks(batch, n, workers);
   const size_t row_bytes = src != nullptr ? src->row_bytes() : 0;
+  AdviseHugePages(out, static_cast<size_t>(batch * n) * row_bytes);
   return ParallelFor(pool, batch * chunks.per_batch, workers, [&](int64_t t, int64_t) {
     const int64_t b = t / chunks.per_batch;
     const int64_t begin = std::min(n, (t % chunks.per_batch) * chunks.size);
@@ -276,6 +277,11 @@ ffi::Error ScatterAddRows(ffi::ThreadPool* pool, int64_t workers, int64_t batch,
     parts = std::max<int64_t>(1, std::min((workers + batch - 1) / batch,
                                           (n * width + rows * width) / (kLookupRowsPerTask * 16)));
     parts = std::min(parts, std::max<int64_t>(rows, 1));
+  }
+  for (int64_t b = 0; b < batch; ++b) {
+    dst.ForEachSpan(b, 0, rows, [&](char* ptr, int64_t, int64_t count) {
+      AdviseHugePages(ptr, static_cast<size_t>(count * width) * sizeof(T));
+    });
   }
   return ParallelFor(pool, batch * parts, workers, [&](int64_t t, int64_t) -> ffi::Error {
     const int64_t b = t / parts, p = t % parts;

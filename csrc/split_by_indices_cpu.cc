@@ -72,6 +72,7 @@ ffi::Error SplitImpl(ffi::ThreadPool& pool, const char* op, const ffi::AnyBuffer
                                          split.batch, n, num_splits);
   FFI_RETURN_IF_ERROR(partition.Count(op, "indices", sizes));
   if (row_bytes == 0) return ffi::Error::Success();
+  AdviseHugePages(dst->untyped_data(), static_cast<size_t>(moved));
   return MoveRowsDispatch<kGather>(partition, static_cast<const char*>(src.untyped_data()),
                                    src_stride * static_cast<int64_t>(elem_bytes),
                                    static_cast<char*>(dst->untyped_data()),
