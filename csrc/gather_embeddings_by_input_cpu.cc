@@ -75,6 +75,7 @@ ffi::Error GatherImpl(TypeTag<T>, ffi::ThreadPool& pool, const ffi::AnyBuffer& i
   const int64_t workers = LookupWorkers(pool, use_threads);
   IdRowMap map;
   FFI_RETURN_IF_ERROR(map.Build(&pool, workers, id_arrays, s.split.batch));
+  AdviseHugePages(mapping->untyped_data(), static_cast<size_t>(s.split.batch * s.n) * sizeof(Mapping));
   const MapResolver<T, Mapping> resolver{op,  "input", "ids", map, input.typed_data<T>(), s.rows_stride,
                                          s.n, mapping->typed_data<Mapping>()};
   return GatherRows(&pool, workers, s.split.batch, s.n, &table,
