@@ -20,8 +20,9 @@ namespace jax_distops {
 
 // Ids (or rows) per task below which a lookup is not worth a task of its own.
 inline constexpr int64_t kLookupRowsPerTask = 1 << 14;
-// Hash-map slots are prefetched this many ids ahead.
+// Hash-map slots are prefetched this many ids ahead, and scatter-add targets this many rows ahead.
 inline constexpr int64_t kLookupPrefetch = 16;
+inline constexpr int64_t kScatterPrefetch = 64;
 
 // Workers of a lookup call: the pool's threads, or only the calling thread when the user asked for
 // one thread (Monolith's use_multi_threads = false). Small calls run inline whatever this says:
@@ -261,10 +262,11 @@ ffi::Error GatherRows(ffi::ThreadPool* pool, int64_t workers, int64_t batch, int
 }
 
 // The transpose of GatherRows: dst rows = 0, then dst row resolver.Row(b, k) += grads[b][k] for
-// k = 0, 1, ... in order (`width` elements per row). Each task owns a range of dst rows and scans
-// every k, so every sum is taken in k order whatever the number of threads (deterministic), and
-// the first bad row of the lowest task is the first bad row overall. T is float, double or BFloat16
-// (summed in float32, rounded once).
+// k = 0, 1, ... in order (`width` elements per row), one task per batch element: every sum is
+// taken in k order whatever the number of threads (deterministic), and the first bad row is
+// reported. (Splitting one element's rows between threads measured slower: each thread must still
+// read every k, and half of its branches mispredict.) T is float, double or BFloat16 (summed in
+// float32, rounded once).
 template <typename T, typename Resolver>
 ffi::Error ScatterAddRows(ffi::ThreadPool* pool, int64_t workers, int64_t batch, int64_t n,
                           const T* grads, int64_t grads_stride, int64_t width,
@@ -272,59 +274,47 @@ ffi::Error ScatterAddRows(ffi::ThreadPool* pool, int64_t workers, int64_t batch,
   using Acc = typename Accumulator<T>::type;
   constexpr bool kDirect = std::is_same_v<Acc, T>;  // sum in the output itself
   const int64_t rows = dst.num_rows();
-  int64_t parts = 1;
-  if (workers > 1 && batch < workers) {
-    parts = std::max<int64_t>(1, std::min((workers + batch - 1) / batch,
-                                          (n * width + rows * width) / (kLookupRowsPerTask * 16)));
-    parts = std::min(parts, std::max<int64_t>(rows, 1));
-  }
+  const size_t row_bytes = static_cast<size_t>(width) * sizeof(T);
   for (int64_t b = 0; b < batch; ++b) {
     dst.ForEachSpan(b, 0, rows, [&](char* ptr, int64_t, int64_t count) {
-      AdviseHugePages(ptr, static_cast<size_t>(count * width) * sizeof(T));
+      AdviseHugePages(ptr, static_cast<size_t>(count) * row_bytes);
     });
   }
-  return ParallelFor(pool, batch * parts, workers, [&](int64_t t, int64_t) -> ffi::Error {
-    const int64_t b = t / parts, p = t % parts;
-    const int64_t r0 = rows * p / parts, r1 = rows * (p + 1) / parts;
-    const size_t row_bytes = static_cast<size_t>(width) * sizeof(T);
+  return ParallelFor(pool, batch, workers, [&](int64_t b, int64_t) -> ffi::Error {
     std::vector<Acc> scratch;
-    Acc* acc = nullptr;
     if constexpr (kDirect) {
-      dst.ForEachSpan(b, r0, r1, [&](char* ptr, int64_t, int64_t count) {
+      dst.ForEachSpan(b, 0, rows, [&](char* ptr, int64_t, int64_t count) {
         std::memset(ptr, 0, static_cast<size_t>(count) * row_bytes);
       });
     } else {
-      scratch.assign(static_cast<size_t>((r1 - r0) * width), Acc{0});
-      acc = scratch.data();
+      scratch.assign(static_cast<size_t>(rows * width), Acc{0});
     }
-    const T* g = grads + b * grads_stride;
-    for (int64_t k = 0; k < n; ++k) {
-      if (k + kLookupPrefetch < n) {  // the rows it adds to are scattered: hide the misses
-        const int64_t ahead = resolver.Row(b, k + kLookupPrefetch);
-        if (ahead >= r0 && ahead < r1) {
-          if constexpr (kDirect) {
-            PrefetchRow<true>(dst.Row(b, ahead), row_bytes);
-          } else {
-            PrefetchRow<true>(acc + (ahead - r0) * width, static_cast<size_t>(width) * sizeof(Acc));
-          }
-        }
-      }
-      const int64_t r = resolver.Row(b, k);
-      if (r < 0) return resolver.Error(b, k);
-      if (r < r0 || r >= r1) continue;
-      const T* from = g + k * width;
+    // Where row r's sums go: the output row itself, or its float32 scratch row.
+    auto target = [&](int64_t r) {
       if constexpr (kDirect) {
-        T* to = reinterpret_cast<T*>(dst.Row(b, r));
-        for (int64_t d = 0; d < width; ++d) to[d] += from[d];
+        return reinterpret_cast<Acc*>(dst.Row(b, r));
       } else {
-        Acc* to = acc + (r - r0) * width;
-        for (int64_t d = 0; d < width; ++d) to[d] += Accumulator<T>::Load(from[d]);
+        return scratch.data() + r * width;
       }
-    }
+    };
+    const T* g = grads + b * grads_stride;
+    FFI_RETURN_IF_ERROR(DispatchRowBytes(row_bytes, [&](auto row_size) -> ffi::Error {
+      constexpr int64_t kWidth = static_cast<int64_t>(decltype(row_size)::value / sizeof(T));
+      for (int64_t k = 0; k < n; ++k) {
+        if (k + kScatterPrefetch < n) {  // the rows it adds to are scattered: hide the misses
+          const int64_t ahead = resolver.Row(b, k + kScatterPrefetch);
+          if (ahead >= 0) PrefetchRow<true>(target(ahead), static_cast<size_t>(width) * sizeof(Acc));
+        }
+        const int64_t r = resolver.Row(b, k);
+        if (r < 0) return resolver.Error(b, k);
+        AddRow<kWidth>(target(r), g + k * width, width);
+      }
+      return ffi::Error::Success();
+    }));
     if constexpr (!kDirect) {
-      dst.ForEachSpan(b, r0, r1, [&](char* ptr, int64_t first, int64_t count) {
+      dst.ForEachSpan(b, 0, rows, [&](char* ptr, int64_t first, int64_t count) {
         T* to = reinterpret_cast<T*>(ptr);
-        const Acc* from = acc + (first - r0) * width;
+        const Acc* from = scratch.data() + first * width;
         for (int64_t e = 0; e < count * width; ++e) to[e] = Accumulator<T>::Store(from[e]);
       });
     }

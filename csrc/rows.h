@@ -93,6 +93,24 @@ struct Accumulator<BFloat16> {
   }
 };
 
+// to[e] += from[e] for e < width (kWidth when it is > 0: a compile-time width). A fixed-width row
+// goes through a local copy, so the adds are vectorized: adding in place, the compiler must assume
+// `to` and `from` overlap and emits one scalar load-add-store after the other, and a row whose
+// cache line misses then stalls every element.
+template <int64_t kWidth, typename T>
+__attribute__((always_inline)) inline void AddRow(typename Accumulator<T>::type* to, const T* from,
+                                                  int64_t width) {
+  using Acc = typename Accumulator<T>::type;
+  if constexpr (kWidth > 0) {
+    Acc sum[kWidth];
+    std::memcpy(sum, to, sizeof(sum));
+    for (int64_t e = 0; e < kWidth; ++e) sum[e] += Accumulator<T>::Load(from[e]);
+    std::memcpy(to, sum, sizeof(sum));
+  } else {
+    for (int64_t e = 0; e < width; ++e) to[e] += Accumulator<T>::Load(from[e]);
+  }
+}
+
 #define DISTOPS_FLOAT_TYPES(X) X(F32, float) X(F64, double) X(BF16, ::jax_distops::BFloat16)
 
 }  // namespace jax_distops
