@@ -1,5 +1,6 @@
 """Assertions shared by the op tests (importable as `testing` through tests/conftest.py)."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -17,3 +18,55 @@ def assert_array_bits_equal(got, want: np.ndarray, what: str) -> None:
     assert got.dtype == want.dtype, f"{what}: dtype {got.dtype}, want {want.dtype}"
     assert got.shape == want.shape, f"{what}: shape {got.shape}, want {want.shape}"
     np.testing.assert_array_equal(bits(got), bits(want), err_msg=what, strict=True)
+
+
+def runtime_errors(use_jit: bool):
+    """The exception types a bad-data call may raise.
+
+    The contract is `jax.errors.JaxRuntimeError`. A fresh `jax.jit` function fails on its first
+    call, so it takes JAX's Python dispatch path and raises exactly that. Eager calls reuse the
+    primitive's cached executable, and once an executable has run successfully, JAX's C++ fast path
+    reports a failed status as a plain `ValueError` with the same message (jax 0.10.2;
+    jax-ml/jax#34083, fix pending in jax-ml/jax#39898), so the eager variants accept both.
+    """
+    return jax.errors.JaxRuntimeError if use_jit else (jax.errors.JaxRuntimeError, ValueError)
+
+
+# Awkward ids per dtype for the lookup tests.
+ID_SPECIALS = {
+    np.dtype(np.int32): [-(2**31), 2**31 - 1, -1, 0, 1, -(2**31) + 1],
+    np.dtype(np.uint32): [0, 1, 2**32 - 1, 2**31, 2**31 - 1],
+    # 5, 2**32 + 5 and -(2**32) + 5 share their low 32 bits; so do 0, 2**32 and -(2**32).
+    np.dtype(np.int64): [-(2**63), 2**63 - 1, -1, 0, 5, 2**32 + 5, -(2**32) + 5, 2**32, -(2**32),
+                         2**40, -(2**31) - 1, 2**31],
+    np.dtype(np.uint64): [0, 5, 2**64 - 1, 2**63, 2**63 - 1, 2**32, 2**32 + 5, 2**40,
+                          2**64 - 2**32],
+}
+
+
+def id_pool(rng: np.random.Generator, id_dtype, size: int) -> np.ndarray:
+    """`size` distinct ids of `id_dtype` in random order: the awkward values, small values and
+    values drawn from the whole range."""
+    info = np.iinfo(id_dtype)
+    values = list(ID_SPECIALS[np.dtype(id_dtype)])[:size]
+    seen = set(values)
+    while len(values) < size:
+        if rng.random() < 0.5:
+            v = int(rng.integers(max(info.min, -50), 50))
+        else:
+            v = int(rng.integers(info.min, info.max, dtype=id_dtype, endpoint=True))
+        if v not in seen:
+            seen.add(v)
+            values.append(v)
+    return np.array(values, dtype=id_dtype)[rng.permutation(len(values))]
+
+
+def random_floats(rng: np.random.Generator, dtype, shape, special: bool) -> np.ndarray:
+    """Values spread over many magnitudes (so the summation order shows in the last bits); with
+    `special`, NaN / +-0.0 / +-inf mixed in (forward only: rows are just moved)."""
+    base = rng.normal(size=shape) * 10.0 ** rng.uniform(-3, 3, size=shape)
+    if special:
+        specials = np.array([np.nan, 0.0, -0.0, np.inf, -np.inf, 1.0])
+        pick = rng.random(size=shape) < 0.15
+        base = np.where(pick, specials[rng.integers(0, len(specials), size=shape)], base)
+    return base.astype(dtype)

@@ -40,7 +40,7 @@ from absl.testing import parameterized
 import jax_distops
 
 import oracle  # tests/oracle.py, importable through tests/conftest.py
-from testing import assert_array_bits_equal  # tests/testing.py
+from testing import assert_array_bits_equal, runtime_errors  # tests/testing.py
 
 OP = jax_distops.fused_gather_embeddings_by_input
 GRAD_OP = jax_distops.fused_gather_embeddings_by_input_gradient
@@ -952,13 +952,6 @@ def _names(op_name: str, *args: str) -> str:
     return rf"(?s)^{op_name}(?!_gradient)\b.*\b({arg})\b"
 
 
-def _runtime_errors(use_jit: bool):
-    """The exception types a bad-data call may raise (see tests/ops/test_split_by_indices.py):
-    `jax.errors.JaxRuntimeError` under jit; eagerly, jax-ml/jax#34083 may surface the same failed
-    status as a plain ValueError after an earlier successful run of the same shapes."""
-    return jax.errors.JaxRuntimeError if use_jit else (jax.errors.JaxRuntimeError, ValueError)
-
-
 _X22 = _fused22(np.float32)
 _O22 = _offsets22(np.int32)
 _G22 = _grads22(np.float32)
@@ -1116,7 +1109,7 @@ _BAD_PARAMS = [pytest.param(*case[1:], id=case[0]) for case in _BAD_OFFSETS]
 @pytest.mark.parametrize("off0, off1, table, bad", _BAD_PARAMS)
 def test_forward_error_offset_out_of_range(off0, off1, table, bad, use_jit):
     offsets = [np.array(off0, np.int64), np.array(off1, np.int64)]
-    with pytest.raises(_runtime_errors(use_jit)) as excinfo:
+    with pytest.raises(runtime_errors(use_jit)) as excinfo:
         jax.block_until_ready(_fwd(use_jit, _X22, offsets, [3, 2]))
     _assert_runtime_error_names(excinfo, OP_NAME, table, bad)
 
@@ -1126,7 +1119,7 @@ def test_forward_error_offset_out_of_range(off0, off1, table, bad, use_jit):
 def test_gradient_error_offset_out_of_range(off0, off1, table, bad, use_jit):
     offsets = [np.array(off0, np.int64), np.array(off1, np.int64)]
     grads = [np.ones((3, 3), np.float32), np.ones((3, 2), np.float32)]
-    with pytest.raises(_runtime_errors(use_jit)) as excinfo:
+    with pytest.raises(runtime_errors(use_jit)) as excinfo:
         jax.block_until_ready(_grad(use_jit, 22, grads, offsets, [3, 2]))
     _assert_runtime_error_names(excinfo, GRAD_OP_NAME, table, bad)
 
@@ -1138,7 +1131,7 @@ def test_error_offset_out_of_range_rank2_buffer(use_jit):
     x = np.zeros((4, 5), np.float32)
     good = _fwd(use_jit, x, [np.array([17], np.int32)], [3])
     assert_outputs_equal(good, [np.zeros((1, 3), np.float32)])
-    with pytest.raises(_runtime_errors(use_jit)) as excinfo:
+    with pytest.raises(runtime_errors(use_jit)) as excinfo:
         jax.block_until_ready(_fwd(use_jit, x, [np.array([0, 18], np.int32)], [3]))
     _assert_runtime_error_names(excinfo, OP_NAME, 0, 18)
 
@@ -1147,19 +1140,19 @@ def test_error_offset_out_of_range_under_vmap():
     """A bad offset in one example of a batch fails the batched call (forward and gradient)."""
     offsets = np.array([[0, 5, 19], [0, 20, 1]], np.int32)  # example 1: 20 + 3 > 22
     x = np.zeros((2, 22), np.float32)
-    with pytest.raises(_runtime_errors(True)) as excinfo:
+    with pytest.raises(runtime_errors(True)) as excinfo:
         fn = jax.jit(jax.vmap(lambda v, o: OP(v, [o], [3])))
         jax.block_until_ready(fn(x, offsets))
     _assert_runtime_error_names(excinfo, OP_NAME, 0, 20)
 
     grads = np.ones((2, 3, 3), np.float32)
-    with pytest.raises(_runtime_errors(True)) as excinfo:
+    with pytest.raises(runtime_errors(True)) as excinfo:
         fn = jax.jit(jax.vmap(lambda g, o: GRAD_OP(22, [g], [o], [3])))
         jax.block_until_ready(fn(grads, offsets))
     _assert_runtime_error_names(excinfo, GRAD_OP_NAME, 0, 20)
 
     # Unbatched offsets, batched grads: the bad offset is seen for every example.
-    with pytest.raises(_runtime_errors(True)) as excinfo:
+    with pytest.raises(runtime_errors(True)) as excinfo:
         fn = jax.jit(jax.vmap(lambda g: GRAD_OP(22, [g], [offsets[1]], [3])))
         jax.block_until_ready(fn(grads))
     _assert_runtime_error_names(excinfo, GRAD_OP_NAME, 0, 20)
@@ -1173,6 +1166,6 @@ def test_error_gradient_offset_past_size():
     assert_array_bits_equal(
         got, np.array([1, 1, 1, 0, 0, 0, 0, 1, 1, 1], np.float64), "gradient at the end"
     )
-    with pytest.raises(_runtime_errors(True)) as excinfo:
+    with pytest.raises(runtime_errors(True)) as excinfo:
         jax.block_until_ready(jax.jit(lambda g: GRAD_OP(9, g, offsets, [3]))(grads))
     _assert_runtime_error_names(excinfo, GRAD_OP_NAME, 0, 7)

@@ -43,7 +43,7 @@ from absl.testing import parameterized
 import jax_distops
 
 import oracle  # tests/oracle.py, importable through tests/conftest.py
-from testing import assert_array_bits_equal  # tests/testing.py
+from testing import assert_array_bits_equal, id_pool, random_floats, runtime_errors
 
 OP = jax_distops.gather_embeddings_by_input
 GRAD_OP = jax_distops.gather_embeddings_by_ids_gradient_back_prop
@@ -269,45 +269,6 @@ def _literal_params(cases=LITERAL_CASES):
 # Random inputs
 # --------------------------------------------------------------------------------------------------
 
-_ID_SPECIALS = {
-    np.dtype(np.int32): [-(2**31), 2**31 - 1, -1, 0, 1, -(2**31) + 1],
-    np.dtype(np.uint32): [0, 1, 2**32 - 1, 2**31, 2**31 - 1],
-    # 5, 2**32 + 5 and -(2**32) + 5 share their low 32 bits; so do 0, 2**32 and -(2**32).
-    np.dtype(np.int64): [-(2**63), 2**63 - 1, -1, 0, 5, 2**32 + 5, -(2**32) + 5, 2**32, -(2**32),
-                         2**40, -(2**31) - 1, 2**31],
-    np.dtype(np.uint64): [0, 5, 2**64 - 1, 2**63, 2**63 - 1, 2**32, 2**32 + 5, 2**40,
-                          2**64 - 2**32],
-}
-
-
-def _id_pool(rng: np.random.Generator, id_dtype, size: int) -> np.ndarray:
-    """`size` distinct ids of `id_dtype` in random order: the awkward values, small values and
-    values drawn from the whole range."""
-    info = np.iinfo(id_dtype)
-    values = list(_ID_SPECIALS[np.dtype(id_dtype)])[:size]
-    seen = set(values)
-    while len(values) < size:
-        if rng.random() < 0.5:
-            v = int(rng.integers(max(info.min, -50), 50))
-        else:
-            v = int(rng.integers(info.min, info.max, dtype=id_dtype, endpoint=True))
-        if v not in seen:
-            seen.add(v)
-            values.append(v)
-    return np.array(values, dtype=id_dtype)[rng.permutation(len(values))]
-
-
-def _random_floats(rng: np.random.Generator, dtype, shape, special: bool) -> np.ndarray:
-    """Values spread over many magnitudes (so the summation order shows in the last bits); with
-    `special`, NaN / +-0.0 / +-inf mixed in (forward only: rows are just moved)."""
-    base = rng.normal(size=shape) * 10.0 ** rng.uniform(-3, 3, size=shape)
-    if special:
-        specials = np.array([np.nan, 0.0, -0.0, np.inf, -np.inf, 1.0])
-        pick = rng.random(size=shape) < 0.15
-        base = np.where(pick, specials[rng.integers(0, len(specials), size=shape)], base)
-    return base.astype(dtype)
-
-
 @dataclasses.dataclass(frozen=True)
 class RandomCase:
     name: str
@@ -356,9 +317,9 @@ def _random_inputs(case: RandomCase, seed: int, special: bool = True):
     """ids drawn with replacement from a pool of distinct ids (duplicates); input drawn from the
     ids, one id heavy."""
     rng = np.random.default_rng(seed)
-    pool = _id_pool(rng, case.id_dtype, 30)
+    pool = id_pool(rng, case.id_dtype, 30)
     ids = pool[rng.integers(0, len(pool), size=case.num_rows)]
-    embeddings = _random_floats(rng, case.dtype, (case.num_rows, case.width), special)
+    embeddings = random_floats(rng, case.dtype, (case.num_rows, case.width), special)
     n = int(np.prod(case.input_shape, dtype=np.int64))
     if n:
         picks = ids[rng.integers(0, len(ids), size=n)]
@@ -381,7 +342,7 @@ def _random_gradient_inputs(case: RandomCase, seed: int):
     else:
         mapping = np.zeros(case.input_shape, np.int64)
         assert mapping.size == 0, "test bug"
-    grads = _random_floats(rng, case.dtype, case.input_shape + (case.width,), special=False)
+    grads = random_floats(rng, case.dtype, case.input_shape + (case.width,), special=False)
     return np.asarray(mapping).astype(case.mapping_dtype), grads
 
 
@@ -573,9 +534,9 @@ _LARGE_SHAPE = (600, 500)  # ~3e5 lookups
 @functools.lru_cache(maxsize=None)
 def _large_case():
     rng = np.random.default_rng(41)
-    pool = _id_pool(rng, np.uint64, 30_000)
+    pool = id_pool(rng, np.uint64, 30_000)
     ids = pool[rng.integers(0, len(pool), size=40_000)]
-    embeddings = _random_floats(rng, np.float32, (40_000, 4), special=True)
+    embeddings = random_floats(rng, np.float32, (40_000, 4), special=True)
     inp = ids[rng.integers(0, len(ids), size=_LARGE_SHAPE)]
     inp[rng.random(_LARGE_SHAPE) < 0.2] = ids[7]  # one heavy id
     return ids, embeddings, inp, oracle.gather_embeddings_by_input(ids, embeddings, inp)
@@ -595,7 +556,7 @@ def test_large_gradient_vs_oracle():
     """~3e5 gradient rows, 20% of them onto one row: the fixed ascending summation order, through
     the gradient op and through jax.vjp."""
     ids, embeddings, inp, want_fwd = _large_case()
-    grads = _random_floats(np.random.default_rng(42), np.float32, inp.shape + (4,), special=False)
+    grads = random_floats(np.random.default_rng(42), np.float32, inp.shape + (4,), special=False)
     want = oracle.gather_embeddings_by_ids_gradient(len(ids), grads, want_fwd.index_mapping)
     got = jax.jit(GRAD_OP)(ids, grads, want_fwd.index_mapping)
     assert_array_bits_equal(got, want, "gradient op")
@@ -609,7 +570,7 @@ def test_gradient_heavy_duplicates_vs_oracle(dtype):
     must sum in ascending order (wide magnitudes make every other order differ in the bits)."""
     rng = np.random.default_rng(6)
     mapping = rng.integers(0, 5, size=(100, 200))
-    grads = _random_floats(rng, dtype, (100, 200, 3), special=False)
+    grads = random_floats(rng, dtype, (100, 200, 3), special=False)
     want = oracle.gather_embeddings_by_ids_gradient(5, grads, mapping)
     assert_array_bits_equal(GRAD_OP(np.arange(5, dtype=np.int32), grads, mapping), want, "grad")
 
@@ -695,11 +656,11 @@ def _vmap_examples(id_dtype, dtype, seed, special=True):
     """Per-example ids (each a permutation of one pool plus duplicates, so every example's input
     maps in every example's ids and first-wins rows differ), embeddings and inputs."""
     rng = np.random.default_rng(seed)
-    pool = _id_pool(rng, id_dtype, 10)
+    pool = id_pool(rng, id_dtype, 10)
     ids, embs, inputs = [], [], []
     for _ in range(_B):
         ids.append(np.concatenate([rng.permutation(pool), pool[rng.integers(0, 10, size=4)]]))
-        embs.append(_random_floats(rng, dtype, (_VMAP_M, _VMAP_D), special))
+        embs.append(random_floats(rng, dtype, (_VMAP_M, _VMAP_D), special))
         inputs.append(pool[rng.integers(0, 10, size=_VMAP_INPUT)])
     return ids, embs, inputs
 
@@ -760,7 +721,7 @@ def test_vmap_gradient_op_matches_loop(mode, mapping_dtype, use_jit):
     ids, _, _ = _vmap_examples(np.uint64, np.float32, seed=7)
     rng = np.random.default_rng(8)
     grads = [
-        _random_floats(rng, np.float32, _VMAP_INPUT + (_VMAP_D,), special=False) for _ in range(_B)
+        random_floats(rng, np.float32, _VMAP_INPUT + (_VMAP_D,), special=False) for _ in range(_B)
     ]
     mappings = [rng.integers(0, _VMAP_M, size=_VMAP_INPUT).astype(mapping_dtype) for _ in range(_B)]
     ids_arg, _ = _batch_leaf(ids, ids_axis, fixed=2)
@@ -970,17 +931,6 @@ def _starts_with_op_names(op: str, *args: str) -> str:
     return rf"^{op}(?![A-Za-z0-9_])(?s:.*)\b({arg})\b"
 
 
-def _runtime_errors(use_jit: bool):
-    """The exception types a bad-data call may raise.
-
-    The contract is `jax.errors.JaxRuntimeError`. A fresh `jax.jit` function fails on its first
-    call and raises exactly that. Eager calls reuse the primitive's cached executable, and once an
-    executable has run successfully, JAX's C++ fast path reports a failed status as a plain
-    `ValueError` with the same message (jax 0.10.2; jax-ml/jax#34083), so eager calls accept both.
-    """
-    return jax.errors.JaxRuntimeError if use_jit else (jax.errors.JaxRuntimeError, ValueError)
-
-
 def _call(use_jit, fn, *args, **kwargs):
     if use_jit:
         return jax.jit(functools.partial(fn, **kwargs))(*args)
@@ -1118,7 +1068,7 @@ def _table_for(ids, dtype=np.float32, width=2):
 @pytest.mark.parametrize("use_jit", [False, True], ids=["nojit", "jit"])
 @pytest.mark.parametrize("ids, inp, missing", _MISSING_CASES)
 def test_error_missing_id(ids, inp, missing, use_jit, use_multi_threads):
-    with pytest.raises(_runtime_errors(use_jit)) as excinfo:
+    with pytest.raises(runtime_errors(use_jit)) as excinfo:
         res = _call(use_jit, OP, ids, _table_for(ids), inp, use_multi_threads=use_multi_threads)
         np.asarray(res.output)
         np.asarray(res.index_mapping)
@@ -1135,7 +1085,7 @@ def test_error_missing_id_in_large_input(use_multi_threads):
     inp[300, 250] = missing
     inp[599, 499] = missing
     fn = jax.jit(functools.partial(OP, use_multi_threads=use_multi_threads))
-    with pytest.raises(_runtime_errors(True)) as excinfo:
+    with pytest.raises(runtime_errors(True)) as excinfo:
         res = fn(ids, embeddings, inp)
         np.asarray(res.output)
     _assert_unable_to_map(excinfo, missing)
@@ -1161,14 +1111,14 @@ def _assert_mapping_error(excinfo, value: int) -> None:
     ids=["minus_one", "equal_to_M", "int64_2pow40", "int32_min", "int64_min"],
 )
 def test_gradient_op_error_mapping_out_of_range(mapping, bad, use_jit):
-    with pytest.raises(_runtime_errors(use_jit)) as excinfo:
+    with pytest.raises(runtime_errors(use_jit)) as excinfo:
         np.asarray(_call(use_jit, GRAD_OP, _IDS, _GRADS, mapping))
     _assert_mapping_error(excinfo, bad)
 
 
 def test_gradient_op_error_empty_table():
     """M = 0: every index_mapping entry is out of range."""
-    with pytest.raises(_runtime_errors(True)) as excinfo:
+    with pytest.raises(runtime_errors(True)) as excinfo:
         out = jax.jit(GRAD_OP)(
             np.zeros(0, np.int64), np.ones((1, 2), np.float32), np.zeros(1, np.int64)
         )
@@ -1184,13 +1134,13 @@ def test_errors_under_vmap(use_jit):
     fwd = jax.vmap(OP, in_axes=(None, None, 0))
     if use_jit:
         fwd = jax.jit(fwd)
-    with pytest.raises(_runtime_errors(use_jit)) as excinfo:
+    with pytest.raises(runtime_errors(use_jit)) as excinfo:
         res = fwd(ids, _table_for(ids), inp)
         np.asarray(res.output)
     _assert_unable_to_map(excinfo, 2**40)
     # Batched ids, unbatched input: example 1's ids lack 3.
     batched_ids = np.array([[1, 2, 3], [1, 2, 4]], np.uint64)
-    with pytest.raises(_runtime_errors(True)) as excinfo:
+    with pytest.raises(runtime_errors(True)) as excinfo:
         res = jax.jit(jax.vmap(OP, in_axes=(0, None, None)))(
             batched_ids, _table_for(ids), np.array([3, 1], np.uint64)
         )
@@ -1200,6 +1150,6 @@ def test_errors_under_vmap(use_jit):
     if use_jit:
         grad = jax.jit(grad)
     mapping = np.array([[0, 1, 2], [2, 1, 3]], np.int64)
-    with pytest.raises(_runtime_errors(use_jit)) as excinfo:
+    with pytest.raises(runtime_errors(use_jit)) as excinfo:
         np.asarray(grad(ids, np.ones((2, 3, 2), np.float32), mapping))
     _assert_mapping_error(excinfo, 3)

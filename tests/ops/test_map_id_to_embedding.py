@@ -42,7 +42,7 @@ from absl.testing import parameterized
 import jax_distops
 
 import oracle  # tests/oracle.py, importable through tests/conftest.py
-from testing import assert_array_bits_equal  # tests/testing.py
+from testing import assert_array_bits_equal, id_pool, random_floats, runtime_errors
 
 OP = jax_distops.map_id_to_embedding
 GRAD_OP = jax_distops.map_id_to_embedding_gradient_back_prop
@@ -278,45 +278,6 @@ def _literal_params(cases=LITERAL_CASES):
 # Random inputs
 # --------------------------------------------------------------------------------------------------
 
-_ID_SPECIALS = {
-    np.dtype(np.int32): [-(2**31), 2**31 - 1, -1, 0, 1, -(2**31) + 1],
-    np.dtype(np.uint32): [0, 1, 2**32 - 1, 2**31, 2**31 - 1],
-    # 5, 2**32 + 5 and -(2**32) + 5 share their low 32 bits; so do 0, 2**32 and -(2**32).
-    np.dtype(np.int64): [-(2**63), 2**63 - 1, -1, 0, 5, 2**32 + 5, -(2**32) + 5, 2**32, -(2**32),
-                         2**40, -(2**31) - 1, 2**31],
-    np.dtype(np.uint64): [0, 5, 2**64 - 1, 2**63, 2**63 - 1, 2**32, 2**32 + 5, 2**40,
-                          2**64 - 2**32],
-}
-
-
-def _id_pool(rng: np.random.Generator, id_dtype, size: int) -> np.ndarray:
-    """`size` distinct ids of `id_dtype` in random order: the awkward values, small values and
-    values drawn from the whole range."""
-    info = np.iinfo(id_dtype)
-    values = list(_ID_SPECIALS[np.dtype(id_dtype)])[:size]
-    seen = set(values)
-    while len(values) < size:
-        if rng.random() < 0.5:
-            v = int(rng.integers(max(info.min, -50), 50))
-        else:
-            v = int(rng.integers(info.min, info.max, dtype=id_dtype, endpoint=True))
-        if v not in seen:
-            seen.add(v)
-            values.append(v)
-    return np.array(values, dtype=id_dtype)[rng.permutation(len(values))]
-
-
-def _random_floats(rng: np.random.Generator, dtype, shape, special: bool) -> np.ndarray:
-    """Values spread over many magnitudes (so the summation order shows in the last bits); with
-    `special`, NaN / +-0.0 / +-inf mixed in (forward only: rows are just moved)."""
-    base = rng.normal(size=shape) * 10.0 ** rng.uniform(-3, 3, size=shape)
-    if special:
-        specials = np.array([np.nan, 0.0, -0.0, np.inf, -np.inf, 1.0])
-        pick = rng.random(size=shape) < 0.15
-        base = np.where(pick, specials[rng.integers(0, len(specials), size=shape)], base)
-    return base.astype(dtype)
-
-
 @dataclasses.dataclass(frozen=True)
 class RandomCase:
     name: str
@@ -368,7 +329,7 @@ def _random_inputs(case: RandomCase, seed: int, special: bool = True):
     """Tables drawn with replacement from a pool of distinct ids (duplicates inside and across
     tables; table 1 empty when S >= 3); input drawn from the tables' ids, one id heavy."""
     rng = np.random.default_rng(seed)
-    pool = _id_pool(rng, case.id_dtype, 30)
+    pool = id_pool(rng, case.id_dtype, 30)
     if case.table_sizes is not None:
         sizes = list(case.table_sizes)
     else:
@@ -379,7 +340,7 @@ def _random_inputs(case: RandomCase, seed: int, special: bool = True):
             sizes[-1] = 3
     ids_list = [pool[rng.integers(0, len(pool), size=k)] for k in sizes]
     embeddings_list = [
-        _random_floats(rng, case.dtype, (k, case.width), special) for k in sizes
+        random_floats(rng, case.dtype, (k, case.width), special) for k in sizes
     ]
     present = np.concatenate(ids_list)
     n = int(np.prod(case.input_shape, dtype=np.int64))
@@ -398,7 +359,7 @@ def _random_params():
 
 def _random_grads(case: RandomCase, inp: np.ndarray, seed: int) -> np.ndarray:
     rng = np.random.default_rng(10_000 + seed)
-    return _random_floats(rng, case.dtype, inp.shape + (case.width,), special=False)
+    return random_floats(rng, case.dtype, inp.shape + (case.width,), special=False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -581,11 +542,11 @@ _LARGE = RandomCase("large", np.int64, np.float32, 10, (600, 500), 4, True)
 @functools.lru_cache(maxsize=None)
 def _large_case():
     rng = np.random.default_rng(31)
-    pool = _id_pool(rng, np.int64, 40_000)
+    pool = id_pool(rng, np.int64, 40_000)
     sizes = [int(k) for k in rng.integers(0, 9_000, size=10)]
     sizes[3] = 0
     ids_list = [pool[rng.integers(0, len(pool), size=k)] for k in sizes]
-    embeddings_list = [_random_floats(rng, np.float32, (k, 4), special=True) for k in sizes]
+    embeddings_list = [random_floats(rng, np.float32, (k, 4), special=True) for k in sizes]
     present = np.concatenate(ids_list)
     inp = present[rng.integers(0, len(present), size=_LARGE.input_shape)]
     inp[rng.random(inp.shape) < 0.2] = present[-1]  # one heavy id
@@ -606,7 +567,7 @@ def test_large_vs_oracle(use_multi_threads, use_jit):
 def test_large_gradient_vs_oracle():
     """~3e5 gradient rows, 20% of them onto one id: the fixed ascending summation order."""
     ids_list, _, inp, _ = _large_case()
-    grads = _random_floats(np.random.default_rng(32), np.float32, inp.shape + (4,), special=False)
+    grads = random_floats(np.random.default_rng(32), np.float32, inp.shape + (4,), special=False)
     got = jax.jit(GRAD_OP)(ids_list, inp, grads)
     assert_list_bits_equal(got, oracle.map_id_to_embedding_gradient(ids_list, inp, grads), "grad")
 
@@ -618,7 +579,7 @@ def test_gradient_heavy_duplicates_vs_oracle(dtype):
     rng = np.random.default_rng(5)
     ids_list = [np.array([11, 12, 13], np.uint64), np.array([14, 15, 16, 17, 11], np.uint64)]
     inp = rng.integers(11, 18, size=(200, 100)).astype(np.uint64)
-    grads = _random_floats(rng, dtype, (200, 100, 3), special=False)
+    grads = random_floats(rng, dtype, (200, 100, 3), special=False)
     want = oracle.map_id_to_embedding_gradient(ids_list, inp, grads)
     assert_list_bits_equal(GRAD_OP(ids_list, inp, grads), want, "gradient")
     f = lambda e: OP(ids_list, e, inp)  # noqa: E731
@@ -716,7 +677,7 @@ def _vmap_examples(id_dtype, dtype, seed, width=_VMAP_D, special=True):
     any example's input maps in any mix of examples' tables, and the first-wins picks differ
     between examples (tables 0 and 1 shadow table 3 differently)."""
     rng = np.random.default_rng(seed)
-    pool = _id_pool(rng, id_dtype, 10)
+    pool = id_pool(rng, id_dtype, 10)
     ids, embs, inputs = [], [], []
     for _ in range(_B):
         ids.append(
@@ -727,7 +688,7 @@ def _vmap_examples(id_dtype, dtype, seed, width=_VMAP_D, special=True):
                 np.concatenate([rng.permutation(pool), pool[rng.integers(0, 10, size=2)]]),
             ]
         )
-        embs.append([_random_floats(rng, dtype, (k, width), special) for k in _VMAP_SIZES])
+        embs.append([random_floats(rng, dtype, (k, width), special) for k in _VMAP_SIZES])
         inputs.append(pool[rng.integers(0, 10, size=_VMAP_INPUT)])
     return ids, embs, inputs
 
@@ -793,7 +754,7 @@ def test_vmap_gradient_op_matches_loop(mode, use_jit):
     ids, _, inputs = _vmap_examples(np.uint64, np.float32, seed=7)
     rng = np.random.default_rng(8)
     grads = [
-        _random_floats(rng, np.float32, _VMAP_INPUT + (_VMAP_D,), special=False) for _ in range(_B)
+        random_floats(rng, np.float32, _VMAP_INPUT + (_VMAP_D,), special=False) for _ in range(_B)
     ]
     ids_arg, ids_ex = _batch_tables(ids, ids_axes, fixed=2)
     input_arg, input_ex = _batch_leaf(inputs, input_axis, fixed=1)
@@ -989,17 +950,6 @@ def _starts_with_op_names(op: str, *args: str) -> str:
     return rf"^{op}(?![A-Za-z0-9_])(?s:.*)\b({arg})\b"
 
 
-def _runtime_errors(use_jit: bool):
-    """The exception types a bad-data call may raise.
-
-    The contract is `jax.errors.JaxRuntimeError`. A fresh `jax.jit` function fails on its first
-    call and raises exactly that. Eager calls reuse the primitive's cached executable, and once an
-    executable has run successfully, JAX's C++ fast path reports a failed status as a plain
-    `ValueError` with the same message (jax 0.10.2; jax-ml/jax#34083), so eager calls accept both.
-    """
-    return jax.errors.JaxRuntimeError if use_jit else (jax.errors.JaxRuntimeError, ValueError)
-
-
 _IDS = [np.array([1, 2], np.int64), np.array([3], np.int64)]
 _EMBS = [np.zeros((2, 2), np.float32), np.ones((1, 2), np.float32)]
 _INPUT = np.array([3, 1, 2], np.int64)
@@ -1165,7 +1115,7 @@ def _tables_for(ids_list, dtype=np.float32, width=2):
 @pytest.mark.parametrize("use_jit", [False, True], ids=["nojit", "jit"])
 @pytest.mark.parametrize("ids_list, inp, missing", _MISSING_CASES)
 def test_error_missing_id(ids_list, inp, missing, use_jit, use_multi_threads):
-    with pytest.raises(_runtime_errors(use_jit)) as excinfo:
+    with pytest.raises(runtime_errors(use_jit)) as excinfo:
         out = _call(
             use_jit, OP, ids_list, _tables_for(ids_list), inp, use_multi_threads=use_multi_threads
         )
@@ -1177,7 +1127,7 @@ def test_error_missing_id(ids_list, inp, missing, use_jit, use_multi_threads):
 @pytest.mark.parametrize("ids_list, inp, missing", _MISSING_CASES)
 def test_gradient_op_error_missing_id(ids_list, inp, missing, use_jit):
     grads = np.ones(np.shape(inp) + (2,), np.float32)
-    with pytest.raises(_runtime_errors(use_jit)) as excinfo:
+    with pytest.raises(runtime_errors(use_jit)) as excinfo:
         out = _call(use_jit, GRAD_OP, ids_list, inp, grads)
         [np.asarray(o) for o in out]
     _assert_unable_to_map(excinfo, GRAD_NAME, missing)
@@ -1193,7 +1143,7 @@ def test_error_missing_id_in_large_input(use_multi_threads):
     inp[300, 250] = missing
     inp[599, 499] = missing
     fn = jax.jit(functools.partial(OP, use_multi_threads=use_multi_threads))
-    with pytest.raises(_runtime_errors(True)) as excinfo:
+    with pytest.raises(runtime_errors(True)) as excinfo:
         np.asarray(fn(ids_list, embeddings_list, inp))
     _assert_unable_to_map(excinfo, OP_NAME, missing)
 
@@ -1206,12 +1156,12 @@ def test_error_missing_id_under_vmap(use_jit):
     fwd = jax.vmap(OP, in_axes=(None, None, 0))
     if use_jit:
         fwd = jax.jit(fwd)
-    with pytest.raises(_runtime_errors(use_jit)) as excinfo:
+    with pytest.raises(runtime_errors(use_jit)) as excinfo:
         np.asarray(fwd(ids_list, _tables_for(ids_list), inp))
     _assert_unable_to_map(excinfo, OP_NAME, 2**40)
     # Batched tables, too: example 1's tables lack 3.
     batched_ids = [np.array([[1, 2], [1, 2]], np.uint64), np.array([[3], [4]], np.uint64)]
-    with pytest.raises(_runtime_errors(True)) as excinfo:
+    with pytest.raises(runtime_errors(True)) as excinfo:
         out = jax.jit(jax.vmap(OP, in_axes=(0, None, None)))(
             batched_ids, _tables_for(ids_list), np.array([3, 1], np.uint64)
         )
@@ -1220,6 +1170,6 @@ def test_error_missing_id_under_vmap(use_jit):
     grad = jax.vmap(GRAD_OP, in_axes=(None, 0, 0))
     if use_jit:
         grad = jax.jit(grad)
-    with pytest.raises(_runtime_errors(use_jit)) as excinfo:
+    with pytest.raises(runtime_errors(use_jit)) as excinfo:
         [np.asarray(o) for o in grad(ids_list, inp, np.ones((2, 3, 2), np.float32))]
     _assert_unable_to_map(excinfo, GRAD_NAME, 2**40)

@@ -37,7 +37,7 @@ import jax_distops
 from jax_distops import Ragged
 
 import oracle  # tests/oracle.py, importable through tests/conftest.py
-from testing import assert_array_bits_equal, bits  # tests/testing.py
+from testing import assert_array_bits_equal, bits, runtime_errors  # tests/testing.py
 
 OP = jax_distops.ragged_split_by_indices
 FIELDS = ("values", "positions", "row_splits")
@@ -637,18 +637,6 @@ def _names_op_and(*args: str) -> str:
     )
 
 
-def _runtime_errors(use_jit: bool):
-    """The exception types a bad-data call may raise.
-
-    The contract is `jax.errors.JaxRuntimeError`. A fresh `jax.jit` function fails on its first
-    call, so it takes JAX's Python dispatch path and raises exactly that. Eager calls reuse the
-    primitive's cached executable, and once an executable has run successfully, JAX's C++ fast path
-    reports a failed status as a plain `ValueError` with the same message (jax 0.10.2;
-    jax-ml/jax#34083, fix pending in jax-ml/jax#39898), so the eager variants accept both.
-    """
-    return jax.errors.JaxRuntimeError if use_jit else (jax.errors.JaxRuntimeError, ValueError)
-
-
 def _call_maybe_jit(use_jit, indices, num, num_splits):
     if use_jit:
         return jax.jit(lambda i, n: OP(i, n, num_splits))(indices, num)
@@ -745,7 +733,7 @@ def _force(res) -> None:
     ids=["minus_one", "equal_to_S", "six", "int64_2pow40"],
 )
 def test_error_index_out_of_range(indices, bad, use_jit):
-    with pytest.raises(_runtime_errors(use_jit)) as excinfo:
+    with pytest.raises(runtime_errors(use_jit)) as excinfo:
         _force(_call_maybe_jit(use_jit, indices, _NUM, 2))
     message = str(excinfo.value)
     assert "ragged_split_by_indices" in message, message
@@ -770,7 +758,7 @@ def test_error_index_out_of_range(indices, bad, use_jit):
 )
 def test_error_invalid_row_splits(row_splits, splits_dtype, use_jit):
     num = Ragged(_V4, np.array(row_splits, splits_dtype))
-    with pytest.raises(_runtime_errors(use_jit)) as excinfo:
+    with pytest.raises(runtime_errors(use_jit)) as excinfo:
         _force(_call_maybe_jit(use_jit, _I4, num, 2))
     message = str(excinfo.value)
     assert "ragged_split_by_indices" in message, message
@@ -784,8 +772,8 @@ def test_error_under_vmap():
     values = np.stack([_V4, _V4])
     good_splits = np.stack([_RS, _RS])
     batched = jax.vmap(lambda i, n: OP(i, n, 2))
-    with pytest.raises(_runtime_errors(True), match="ragged_split_by_indices"):
+    with pytest.raises(runtime_errors(True), match="ragged_split_by_indices"):
         _force(jax.jit(batched)(indices, Ragged(values, good_splits)))
     bad_splits = np.array([[0, 3, 4], [0, 3, 2]], np.int64)
-    with pytest.raises(_runtime_errors(False), match="row_splits"):  # eager
+    with pytest.raises(runtime_errors(False), match="row_splits"):  # eager
         _force(batched(np.stack([_I4, _I4]), Ragged(values, bad_splits)))

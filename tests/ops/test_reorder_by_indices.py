@@ -34,7 +34,7 @@ from absl.testing import parameterized
 import jax_distops
 
 import oracle  # tests/oracle.py, importable through tests/conftest.py
-from testing import assert_array_bits_equal, bits  # tests/testing.py
+from testing import assert_array_bits_equal, bits, runtime_errors  # tests/testing.py
 
 OP = jax_distops.reorder_by_indices
 FIELDS = ("output", "shard_sizes", "num_unique")
@@ -577,18 +577,6 @@ def _names_op_and(*args: str) -> str:
     return rf"(?s)(reorder_by_indices.*\b({arg})\b|\b({arg})\b.*reorder_by_indices)"
 
 
-def _runtime_errors(use_jit: bool):
-    """The exception types a bad-data call may raise.
-
-    The contract is `jax.errors.JaxRuntimeError`. A fresh `jax.jit` function fails on its first
-    call, so it takes JAX's Python dispatch path and raises exactly that. Eager calls reuse the
-    primitive's cached executable, and once an executable has run successfully, JAX's C++ fast path
-    reports a failed status as a plain `ValueError` with the same message (jax 0.10.2;
-    jax-ml/jax#34083, fix pending in jax-ml/jax#39898), so the eager variants accept both.
-    """
-    return jax.errors.JaxRuntimeError if use_jit else (jax.errors.JaxRuntimeError, ValueError)
-
-
 def _call_maybe_jit(use_jit, rows, shard_ids, num_of_shards):
     if use_jit:
         return jax.jit(lambda x, s: OP(x, s, num_of_shards))(rows, shard_ids)
@@ -684,7 +672,7 @@ def _force(res) -> None:
     ids=["minus_one", "equal_to_S", "nine", "int64_2pow40", "on_duplicate", "2d_duplicate"],
 )
 def test_error_shard_id_out_of_range(rows, shard_ids, bad, use_jit):
-    with pytest.raises(_runtime_errors(use_jit)) as excinfo:
+    with pytest.raises(runtime_errors(use_jit)) as excinfo:
         _force(_call_maybe_jit(use_jit, rows, shard_ids, 3))
     _assert_runtime_error_names(excinfo, bad)
 
@@ -693,6 +681,6 @@ def test_error_shard_id_out_of_range_under_vmap():
     """A bad shard id in one example of a batch fails the batched call too."""
     rows = np.array([[1, 2, 3], [4, 5, 6]], np.int64)
     shard_ids = np.array([[0, 1, 2], [0, 1, 8]], np.int32)
-    with pytest.raises(_runtime_errors(True)) as excinfo:
+    with pytest.raises(runtime_errors(True)) as excinfo:
         _force(jax.jit(jax.vmap(lambda x, s: OP(x, s, 3)))(rows, shard_ids))
     _assert_runtime_error_names(excinfo, 8)

@@ -37,7 +37,7 @@ from absl.testing import parameterized
 import jax_distops
 
 import oracle  # tests/oracle.py, importable through tests/conftest.py
-from testing import assert_array_bits_equal  # tests/testing.py
+from testing import assert_array_bits_equal, runtime_errors  # tests/testing.py
 
 OP = jax_distops.split_by_indices
 GRAD_OP = jax_distops.split_by_indices_gradient
@@ -720,18 +720,6 @@ def _names_op_and(*args: str) -> str:
     return rf"(?s)(split_by_indices.*\b({arg})\b|\b({arg})\b.*split_by_indices)"
 
 
-def _runtime_errors(use_jit: bool):
-    """The exception types a bad-data call may raise.
-
-    The contract is `jax.errors.JaxRuntimeError`. A fresh `jax.jit` function fails on its first
-    call, so it takes JAX's Python dispatch path and raises exactly that. Eager calls reuse the
-    primitive's cached executable, and once an executable has run successfully, JAX's C++ fast path
-    reports a failed status as a plain `ValueError` with the same message (jax 0.10.2;
-    jax-ml/jax#34083, fix pending in jax-ml/jax#39898), so the eager variants accept both.
-    """
-    return jax.errors.JaxRuntimeError if use_jit else (jax.errors.JaxRuntimeError, ValueError)
-
-
 def _call_maybe_jit(use_jit, indices, tensor, num_splits):
     if use_jit:
         return jax.jit(lambda i, t: OP(i, t, num_splits))(indices, tensor)
@@ -816,7 +804,7 @@ def _assert_runtime_error_names(excinfo, value) -> None:
     ids=["minus_one", "equal_to_S", "seven", "int64_2pow40", "int32_min"],
 )
 def test_error_index_out_of_range(indices, bad, use_jit):
-    with pytest.raises(_runtime_errors(use_jit)) as excinfo:
+    with pytest.raises(runtime_errors(use_jit)) as excinfo:
         res = _call_maybe_jit(use_jit, indices, _T3, 3)
         np.asarray(res.values)
         np.asarray(res.split_sizes)
@@ -827,7 +815,7 @@ def test_error_index_out_of_range_under_vmap():
     """A bad index in one example of a batch fails the batched call too."""
     indices = np.array([[0, 1, 2], [0, 5, 1]], np.int64)
     tensor = np.zeros((2, 3, 2), np.float32)
-    with pytest.raises(_runtime_errors(True)) as excinfo:
+    with pytest.raises(runtime_errors(True)) as excinfo:
         res = jax.jit(jax.vmap(lambda i, t: OP(i, t, 3)))(indices, tensor)
         np.asarray(res.values)
         np.asarray(res.split_sizes)
