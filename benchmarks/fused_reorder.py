@@ -86,6 +86,12 @@ except Exception as e:  # not built yet, or a broken build: run the other rows a
     _DISTOPS_ERROR = f"{type(e).__name__}: {e}"
 
 
+def distops_op(name: str):
+    """``jax_distops.<name>``, or None when jax_distops or the op is not importable (the other
+    benchmark scripts share this guarded import)."""
+    return getattr(jax_distops, name, None) if jax_distops is not None else None
+
+
 # ----------------------------------------------------------------------------------------------
 # workloads
 # ----------------------------------------------------------------------------------------------

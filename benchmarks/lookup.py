@@ -91,7 +91,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fused_reorder import (  # noqa: E402
     Row,
     _abort,
+    distops_op,
     format_table,
+    jax_distops,
     make_monolith_bench,
     start,
     time_interleaved,
@@ -108,13 +110,6 @@ from jnp_lookup import (  # noqa: E402
     self_check,
 )
 
-try:
-    import jax_distops  # noqa: E402
-
-    _DISTOPS_ERROR = None
-except Exception as e:  # not built yet, or a broken build: run the other rows anyway
-    jax_distops = None
-    _DISTOPS_ERROR = f"{type(e).__name__}: {e}"
 
 FAMILIES = {
     "map": ("map_id_to_embedding", "map_id_to_embedding_gradient_back_prop"),
@@ -124,10 +119,6 @@ FAMILIES = {
 FUSED_SCALE = 0.5
 MIXED_DIMS = (16, 32, 64, 8)
 
-
-def distops_op(name: str):
-    """``jax_distops.<name>``, or None when jax_distops or the op is not importable."""
-    return getattr(jax_distops, name, None) if jax_distops is not None else None
 
 
 # ----------------------------------------------------------------------------------------------

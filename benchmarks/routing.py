@@ -71,7 +71,16 @@ if __name__ == "__main__":
 import jax.numpy as jnp  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fused_reorder import Row, _abort, format_table, start, time_call, time_interleaved  # noqa: E402
+from fused_reorder import (  # noqa: E402
+    Row,
+    _abort,
+    distops_op,
+    format_table,
+    jax_distops,
+    start,
+    time_call,
+    time_interleaved,
+)
 from jnp_routing import (  # noqa: E402
     RaggedSplitResult,
     ReorderResult,
@@ -87,21 +96,10 @@ from jnp_routing import (  # noqa: E402
     split_np,
 )
 
-try:
-    import jax_distops  # noqa: E402
-
-    _DISTOPS_ERROR = None
-except Exception as e:  # not built yet, or a broken build: run the other rows anyway
-    jax_distops = None
-    _DISTOPS_ERROR = f"{type(e).__name__}: {e}"
 
 OPS = ("split_by_indices", "split_by_indices_gradient", "reorder_by_indices",
        "ragged_split_by_indices")
 
-
-def distops_op(name: str):
-    """``jax_distops.<name>``, or None when jax_distops or the op is not importable."""
-    return getattr(jax_distops, name, None) if jax_distops is not None else None
 
 
 # ----------------------------------------------------------------------------------------------
