@@ -197,20 +197,17 @@ ffi::Error FusedGatherGradImpl(TypeTag<F>, ffi::ThreadPool& pool, const ffi::Any
       FFI_RETURN_IF_ERROR(DispatchRowBytes(static_cast<size_t>(off.dim) * sizeof(F), [&](auto row_size) {
         constexpr int64_t kDim = static_cast<int64_t>(decltype(row_size)::value / sizeof(F));
         const int64_t width = kDim > 0 ? kDim : off.dim;
-        if (length > 0 && size < width) {
-          return OffsetOutOfBounds(op, "embedding_offsets", static_cast<int64_t>(m),
-                                   static_cast<int64_t>(o[0]), b * off.stride, width, size);
-        }
-        const uint64_t last = static_cast<uint64_t>(size - width);  // the largest valid offset
         for (int64_t j = 0; j < length; ++j) {
           if (j + kPrefetch < length) {
-            const uint64_t ahead = static_cast<uint64_t>(static_cast<int64_t>(o[j + kPrefetch]));
-            if (ahead <= last) PrefetchRow<true>(acc + ahead, width * sizeof(Acc));
+            const int64_t ahead = static_cast<int64_t>(o[j + kPrefetch]);
+            if (FusedRowInBounds(ahead, width, size)) {
+              PrefetchRow<true>(acc + ahead, width * sizeof(Acc));
+            }
           }
-          const uint64_t offset = static_cast<uint64_t>(static_cast<int64_t>(o[j]));
-          if (offset > last) {  // negative offsets wrap to huge unsigned values
-            return OffsetOutOfBounds(op, "embedding_offsets", static_cast<int64_t>(m),
-                                     static_cast<int64_t>(o[j]), b * off.stride + j, width, size);
+          const int64_t offset = static_cast<int64_t>(o[j]);
+          if (!FusedRowInBounds(offset, width, size)) {
+            return OffsetOutOfBounds(op, "embedding_offsets", static_cast<int64_t>(m), offset,
+                                     b * off.stride + j, width, size);
           }
           AddRow<kDim>(acc + offset, g + j * width, width);
         }
