@@ -70,3 +70,23 @@ def random_floats(rng: np.random.Generator, dtype, shape, special: bool) -> np.n
         pick = rng.random(size=shape) < 0.15
         base = np.where(pick, specials[rng.integers(0, len(specials), size=shape)], base)
     return base.astype(dtype)
+
+
+def literal_params(cases, float_dtypes) -> list:
+    """Named parameters for the lookup tests' literal cases: every case with every float dtype,
+    the id dtype rotating through the case's allowed ones (`case.id_dtypes`)."""
+    params = []
+    for c, case in enumerate(cases):
+        for k, dtype in enumerate(float_dtypes):
+            id_dtype = case.id_dtypes[(c + k) % len(case.id_dtypes)]
+            params.append(
+                dict(
+                    testcase_name=(
+                        f"{case.name}_{np.dtype(dtype).name}_ids{np.dtype(id_dtype).name}"
+                    ),
+                    case=case,
+                    id_dtype=id_dtype,
+                    dtype=dtype,
+                )
+            )
+    return params

@@ -43,7 +43,13 @@ from absl.testing import parameterized
 import jax_distops
 
 import oracle  # tests/oracle.py, importable through tests/conftest.py
-from testing import assert_array_bits_equal, id_pool, random_floats, runtime_errors
+from testing import (  # tests/testing.py
+    assert_array_bits_equal,
+    id_pool,
+    literal_params,
+    random_floats,
+    runtime_errors,
+)
 
 OP = jax_distops.gather_embeddings_by_input
 GRAD_OP = jax_distops.gather_embeddings_by_ids_gradient_back_prop
@@ -248,23 +254,6 @@ def _literal_grads(case: LiteralCase, dtype) -> np.ndarray:
     return np.array(case.grads, dtype=dtype).reshape(case.input_shape + (case.width,))
 
 
-def _literal_params(cases=LITERAL_CASES):
-    """Every case with every float dtype; the id dtype rotates through the case's allowed ones."""
-    params = []
-    for c, case in enumerate(cases):
-        for k, dtype in enumerate(FLOAT_DTYPES):
-            id_dtype = case.id_dtypes[(c + k) % len(case.id_dtypes)]
-            params.append(
-                dict(
-                    testcase_name=f"{case.name}_{_name(dtype)}_ids{_name(id_dtype)}",
-                    case=case,
-                    id_dtype=id_dtype,
-                    dtype=dtype,
-                )
-            )
-    return params
-
-
 # --------------------------------------------------------------------------------------------------
 # Random inputs
 # --------------------------------------------------------------------------------------------------
@@ -394,7 +383,7 @@ class GatherEmbeddingsByInputVariantsTest(chex.TestCase):
     """Forward and gradient checks, each with and without jit; static arguments are closed over."""
 
     @chex.variants(with_jit=True, without_jit=True)
-    @parameterized.named_parameters(_literal_params())
+    @parameterized.named_parameters(literal_params(LITERAL_CASES, FLOAT_DTYPES))
     def test_literal_vectors(self, case, id_dtype, dtype):
         ids, embeddings, inp = _literal_inputs(case, id_dtype, dtype)
         for use_multi_threads in (False, True):
@@ -402,7 +391,7 @@ class GatherEmbeddingsByInputVariantsTest(chex.TestCase):
             assert_result_equal(fn(ids, embeddings, inp), _literal_expected(case, dtype))
 
     @chex.variants(with_jit=True, without_jit=True)
-    @parameterized.named_parameters(_literal_params())
+    @parameterized.named_parameters(literal_params(LITERAL_CASES, FLOAT_DTYPES))
     def test_gradient_op_literal_vectors(self, case, id_dtype, dtype):
         ids, _, _ = _literal_inputs(case, id_dtype, dtype)
         mapping = _literal_expected(case, dtype).index_mapping
@@ -414,7 +403,9 @@ class GatherEmbeddingsByInputVariantsTest(chex.TestCase):
 
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.named_parameters(
-        p for k, p in enumerate(_literal_params()) if k % len(FLOAT_DTYPES) == (k // 3) % 3
+        p
+        for k, p in enumerate(literal_params(LITERAL_CASES, FLOAT_DTYPES))
+        if k % len(FLOAT_DTYPES) == (k // 3) % 3
     )
     def test_grad_literal_vectors(self, case, id_dtype, dtype):
         """jax.grad of sum(grads * output) w.r.t. embeddings is the gradient op's output."""

@@ -42,7 +42,13 @@ from absl.testing import parameterized
 import jax_distops
 
 import oracle  # tests/oracle.py, importable through tests/conftest.py
-from testing import assert_array_bits_equal, id_pool, random_floats, runtime_errors
+from testing import (  # tests/testing.py
+    assert_array_bits_equal,
+    id_pool,
+    literal_params,
+    random_floats,
+    runtime_errors,
+)
 
 OP = jax_distops.map_id_to_embedding
 GRAD_OP = jax_distops.map_id_to_embedding_gradient_back_prop
@@ -257,23 +263,6 @@ def _literal_grads_out(case: LiteralCase, dtype) -> list:
     return [_rows(g, case.width, dtype) for g in case.grads_out]
 
 
-def _literal_params(cases=LITERAL_CASES):
-    """Every case with every float dtype; the id dtype rotates through the case's allowed ones."""
-    params = []
-    for c, case in enumerate(cases):
-        for k, dtype in enumerate(FLOAT_DTYPES):
-            id_dtype = case.id_dtypes[(c + k) % len(case.id_dtypes)]
-            params.append(
-                dict(
-                    testcase_name=f"{case.name}_{_name(dtype)}_ids{_name(id_dtype)}",
-                    case=case,
-                    id_dtype=id_dtype,
-                    dtype=dtype,
-                )
-            )
-    return params
-
-
 # --------------------------------------------------------------------------------------------------
 # Random inputs
 # --------------------------------------------------------------------------------------------------
@@ -403,7 +392,7 @@ class MapIdToEmbeddingVariantsTest(chex.TestCase):
     """Forward and gradient checks, each with and without jit; static arguments are closed over."""
 
     @chex.variants(with_jit=True, without_jit=True)
-    @parameterized.named_parameters(_literal_params())
+    @parameterized.named_parameters(literal_params(LITERAL_CASES, FLOAT_DTYPES))
     def test_literal_vectors(self, case, id_dtype, dtype):
         ids_list, embeddings_list, inp = _literal_inputs(case, id_dtype, dtype)
         want = _literal_output(case, dtype)
@@ -412,7 +401,7 @@ class MapIdToEmbeddingVariantsTest(chex.TestCase):
             assert_array_bits_equal(fn(ids_list, embeddings_list, inp), want, "output")
 
     @chex.variants(with_jit=True, without_jit=True)
-    @parameterized.named_parameters(_literal_params())
+    @parameterized.named_parameters(literal_params(LITERAL_CASES, FLOAT_DTYPES))
     def test_gradient_op_literal_vectors(self, case, id_dtype, dtype):
         ids_list, _, inp = _literal_inputs(case, id_dtype, dtype)
         got = self.variant(GRAD_OP)(ids_list, inp, _literal_grads(case, dtype))
@@ -420,7 +409,9 @@ class MapIdToEmbeddingVariantsTest(chex.TestCase):
 
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.named_parameters(
-        p for k, p in enumerate(_literal_params()) if k % len(FLOAT_DTYPES) == (k // 3) % 3
+        p
+        for k, p in enumerate(literal_params(LITERAL_CASES, FLOAT_DTYPES))
+        if k % len(FLOAT_DTYPES) == (k // 3) % 3
     )
     def test_grad_literal_vectors(self, case, id_dtype, dtype):
         """jax.grad of sum(grads * output) w.r.t. embeddings_list is the gradient op's output."""
