@@ -981,6 +981,48 @@ def test_one_large_table_vs_oracle(num_of_shards, rank0, dtype):
     assert_result_equal(res, want, dtype)
 
 
+@pytest.mark.parametrize("num_of_shards", [1, 5])
+def test_index_growth_after_unrepresentative_prefix_vs_oracle(num_of_shards):
+    """The kernel sizes a large table's hash index from the distinct fraction of its first few
+    thousand ids. Here that prefix is one id repeated, then 60,000 distinct ids follow: the index
+    must grow several times mid-table (moving its keys) and keep every id's number and order."""
+    rng = np.random.default_rng(7)
+    table = np.concatenate([
+        np.full(8_192, 42, np.int64),
+        rng.integers(-(2**62), 2**62, size=60_000, dtype=np.int64),
+    ])
+    table = np.concatenate([table, table[::-3]])  # repeats after the growth, in another order
+    dims = [4]
+    res = jax.jit(lambda a: OP([a], num_of_shards, dims, rank0_empty_shard=False))(table)
+    want = oracle.fused_reorder_by_indices([table], num_of_shards, dims, False)
+    assert_result_equal(res, want, np.int64)
+
+
+def test_ids_crowding_the_end_of_the_hash_index_vs_oracle():
+    """Ids whose home slots are the last two of the kernel's hash index (found by searching with its
+    hash, transcribed here from csrc/sharding.h and csrc/id_index.h): they form one long probe
+    chain that wraps around to the start of the index, where other ids also live."""
+    def home(x, capacity):  # HashId (uint64 arithmetic wraps), then the top 64 bits of h * capacity
+        h = (x ^ (x >> np.uint64(31))) * np.uint64(0x9E3779B97F4A7C15)
+        lo = ((h & np.uint64(0xFFFFFFFF)) * np.uint64(capacity)) >> np.uint64(32)
+        return ((h >> np.uint64(32)) * np.uint64(capacity) + lo) >> np.uint64(32)
+
+    n = 2_000
+    capacity = 2 * n + 2  # IdIndex::CapacityFor(n): a table of n <= 2**15 ids is indexed whole
+    candidates = np.arange(3_000_000, dtype=np.uint64)
+    homes = home(candidates, capacity)
+    ends = candidates[homes >= capacity - 2][:40].astype(np.int64).tolist()
+    starts = candidates[homes < 2][:20].astype(np.int64).tolist()
+    assert len(ends) == 40 and len(starts) == 20
+    rng = np.random.default_rng(3)
+    filler = rng.integers(10**9, 10**12, size=n - 2 * 60, dtype=np.int64)
+    table = np.concatenate([np.asarray((ends + starts) * 2, np.int64), filler])
+    rng.shuffle(table)
+    res = OP([table], 4, [2], rank0_empty_shard=False)
+    want = oracle.fused_reorder_by_indices([table], 4, [2], False)
+    assert_result_equal(res, want, np.int64)
+
+
 def test_vmap_of_large_tables_vs_oracle():
     """A batch of large tables in one call: tasks of different batch elements run concurrently."""
     rng = np.random.default_rng(5)
