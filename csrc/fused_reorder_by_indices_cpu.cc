@@ -4,21 +4,25 @@
 // Algorithm (per batch element; all batch elements and tables run in one call, on XLA's pool):
 //   1. Dedup. One task per table (or per shard range of a very large table). It walks the table's
 //      ids once, finding or inserting each id in an open-addressing hash index (one probe per id);
-//      a new id gets the task's next unique number u and counts one more id in its block
-//      (shard, table). u goes to the raw id's slot of the offsets output, used as scratch.
+//      a new id gets the task's next unique number u, is recorded under u with its shard, and
+//      counts one more id in its block (shard, table). u goes to the raw id's slot of the offsets
+//      output, used as scratch.
 //   2. Layout. From the block counts: block bases in the id output and the fused buffer, per-shard
 //      sizes, num_unique and E_tot (checked against int32).
-//   3. Scatter. The task walks its ids again. A raw id whose u is the next unused number is a first
-//      occurrence: its shard is computed (the only other time, once per distinct id), it takes the
-//      next position of its block -- so blocks come out in first-occurrence order -- its id is
-//      written there, and its fused offset is recorded under u. Every raw id then gets the offset
-//      of its u: a gather, with no second hash probe.
-// Nothing proportional to the input is allocated besides the hash index (kept per thread across
-// calls): the raw input and the offsets output carry everything between the phases.
+//   3. Scatter. The task walks its distinct ids in u order: each takes the next position of its
+//      block -- so blocks come out in first-occurrence order -- its id is written there, and its
+//      fused offset is recorded under u. Every raw id then gets the offset of its u: a gather,
+//      with no second hash probe and no second pass over the raw ids. The tasks also zero the id
+//      output's padding between them.
+// Scratch proportional to the input (the distinct ids with their shards, and the hash indexes) is
+// pooled across calls (id_index.h: Lease), so that it is not page-faulted in again every call.
 //
 // A table much larger than the others is split into shard ranges so that every thread works on it;
 // each such task keeps only the ids of its shards (blocks are per shard, so the tasks are
-// independent), at the cost of computing every raw id's shard to know whether it is its own.
+// independent), at the cost of computing every raw id's shard to know whether it is its own. It
+// records no distinct ids (their number per shard range is not known in advance, so they have no
+// fixed place): its phase 3 walks the raw ids again, and a raw id whose u is the next unused
+// number is a first occurrence.
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -37,10 +41,34 @@ struct Task {
   int64_t cost;  // about the number of ids the task keeps; largest tasks are scheduled first
 };
 
-// Per worker, reused across the tasks it runs (the hash index is per thread: id_index.h).
+// Per worker, reused across the tasks it runs.
 struct WorkerScratch {
   std::vector<int32_t> counts;   // block sizes (phase 1) / next block positions (phase 3)
   std::vector<int32_t> offsets;  // phase 3: fused offset of unique number u
+};
+
+// The scratch memory of a call, pooled across calls (id_index.h: Lease) so that it is not page-
+// faulted in again every call. Vectors only grow, so after the first call nothing is allocated.
+struct CallScratch {
+  // Phase 1 -> 3, for tasks that own a whole table: its distinct ids and their shards by unique
+  // number u, at the table's place among all raw ids (batch * total ids; a table has <= n distinct).
+  std::vector<uint64_t> distinct;
+  std::vector<int32_t> distinct_shard;
+  std::vector<WorkerScratch> workers;
+
+  void Prepare(int64_t num_ids, int64_t num_workers) {
+    if (distinct.size() < static_cast<size_t>(num_ids)) {
+      distinct.resize(num_ids);
+      distinct_shard.resize(num_ids);
+    }
+    if (workers.size() < static_cast<size_t>(num_workers)) workers.resize(num_workers);
+  }
+  void ReleaseAbove(int64_t max_bytes) {
+    if (static_cast<int64_t>(distinct.capacity() * 12) > max_bytes) {
+      std::vector<uint64_t>().swap(distinct);
+      std::vector<int32_t>().swap(distinct_shard);
+    }
+  }
 };
 
 // Ids per task below which splitting a table over shard ranges does not pay for the extra pass.
@@ -54,12 +82,14 @@ constexpr int64_t kPrefetchAboveBytes = 1 << 20;
 
 // Phase 1 of one task, for ids x[begin..end): dedups those whose shard is in [lo, hi) (all of
 // them when kAllShards), writes each kept raw id's unique number to raw[i], counts block sizes in
-// counts[shard - lo], and returns the number of distinct ids so far (`num_unique` before).
+// counts[shard - lo], and returns the number of distinct ids so far (`num_unique` before). When
+// kAllShards, distinct id u and its shard go to distinct[u] and distinct_shard[u].
 // Specialized so that the common case (kAllShards) computes the shard only for new ids, and so
 // that only large indexes pay for prefetching (which hides their cache-miss latency).
 template <bool kAllShards, bool kPrefetch, typename T>
 int32_t DedupIds(const T* x, int64_t begin, int64_t end, const ShardFn& shard_of, int64_t lo,
-                 int64_t hi, IdIndex& index, int32_t* counts, int32_t* raw, int32_t num_unique) {
+                 int64_t hi, IdIndex& index, int32_t* counts, int32_t* raw, int32_t num_unique,
+                 uint64_t* distinct, int32_t* distinct_shard) {
   for (int64_t i = begin; i < end; ++i) {
     if (kPrefetch && i + kPrefetchDistance < end) {
       __builtin_prefetch(index.SlotAddress(static_cast<uint64_t>(x[i + kPrefetchDistance])));
@@ -73,7 +103,11 @@ int32_t DedupIds(const T* x, int64_t begin, int64_t end, const ShardFn& shard_of
     bool inserted;
     const int32_t u = index.FindOrInsert(static_cast<uint64_t>(v), num_unique, &inserted);
     if (inserted) {
-      if (kAllShards) s = shard_of(v);
+      if (kAllShards) {
+        s = shard_of(v);
+        distinct[num_unique] = static_cast<uint64_t>(v);
+        distinct_shard[num_unique] = static_cast<int32_t>(s);
+      }
       ++counts[s - lo];
       ++num_unique;
     }
@@ -82,23 +116,39 @@ int32_t DedupIds(const T* x, int64_t begin, int64_t end, const ShardFn& shard_of
   return num_unique;
 }
 
-// Phase 3 of one task: see the file comment. `ids_at` / `emb_at` point at the block bases of this
-// task's table (block (s, m) at [s * M]).
-template <bool kAllShards, typename T>
-void ScatterIds(const T* x, int64_t n, const ShardFn& shard_of, int64_t lo, int64_t hi,
-                int64_t num_tables, int64_t dim, const int64_t* ids_at, const int64_t* emb_at,
-                int32_t* positions, int32_t* offset_of, T* out_ids, int32_t* raw) {
+// Phase 3 of a task that owns a whole table: see the file comment. Its distinct ids and their
+// shards were recorded in phase 1 in first-occurrence order. `ids_at` / `emb_at` point at the block
+// bases of this task's table (block (s, m) at [s * M]).
+template <typename T>
+void PlaceDistinctIds(const uint64_t* distinct, const int32_t* distinct_shard, int32_t unique,
+                      int64_t n, int64_t lo, int64_t num_tables, int64_t dim,
+                      const int64_t* ids_at, const int64_t* emb_at, int32_t* positions,
+                      int32_t* offset_of, T* out_ids, int32_t* raw) {
+  for (int32_t u = 0; u < unique; ++u) {
+    const int64_t s = distinct_shard[u];
+    const int64_t block = s * num_tables;
+    const int64_t pos = positions[s - lo]++;
+    out_ids[ids_at[block] + pos] = static_cast<T>(distinct[u]);
+    offset_of[u] = static_cast<int32_t>(emb_at[block] + pos * dim);  // < E_tot, checked to fit
+  }
+  for (int64_t i = 0; i < n; ++i) raw[i] = offset_of[raw[i]];
+}
+
+// Phase 3 of a task that owns the shards [lo, hi) of a table: it walks the table again, since it
+// recorded nothing in phase 1; a raw id of its shards whose u is the next unused number is a first
+// occurrence.
+template <typename T>
+void ScatterIdsOfShards(const T* x, int64_t n, const ShardFn& shard_of, int64_t lo, int64_t hi,
+                        int64_t num_tables, int64_t dim, const int64_t* ids_at,
+                        const int64_t* emb_at, int32_t* positions, int32_t* offset_of, T* out_ids,
+                        int32_t* raw) {
   int32_t next = 0;
   for (int64_t i = 0; i < n; ++i) {
     const T v = x[i];
-    int64_t s = 0;
-    if (!kAllShards) {
-      s = shard_of(v);
-      if (s < lo || s >= hi) continue;
-    }
+    const int64_t s = shard_of(v);
+    if (s < lo || s >= hi) continue;
     const int32_t u = raw[i];
     if (u == next) {  // first occurrence of a distinct id
-      if (kAllShards) s = shard_of(v);
       const int64_t block = s * num_tables;
       const int64_t pos = positions[s - lo]++;
       out_ids[ids_at[block] + pos] = v;
@@ -164,7 +214,9 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
   const int64_t num_tasks = static_cast<int64_t>(tasks.size());
   const int64_t blocks = num_shards * num_tables;
   const ShardFn shard_of(num_shards, first_shard);
-  std::vector<WorkerScratch> scratch(workers);
+  Lease<CallScratch> call_scratch;
+  call_scratch->Prepare(batch * total, workers);
+  std::vector<WorkerScratch>& scratch = call_scratch->workers;
   std::vector<int32_t> task_unique(num_tasks);
 
   // Phase 1: dedup, block counts, and each raw id's unique number (kept in `offsets` meanwhile).
@@ -176,6 +228,8 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
     const int64_t m = task.table, n = length[m];
     const T* x = data[m] + task.batch * stride[m];
     int32_t* raw = offsets + task.batch * total + start[m];
+    uint64_t* distinct = call_scratch->distinct.data() + task.batch * total + start[m];
+    int32_t* distinct_shard = call_scratch->distinct_shard.data() + task.batch * total + start[m];
     const bool all_shards = task.lo == first_shard && task.hi == num_shards;
     // Block sizes are counted in per-worker memory: tasks of other tables own neighbouring entries
     // of slot_counts, and sharing those cache lines between threads would cost a miss per new id.
@@ -193,7 +247,8 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
       const auto dedup = all_shards
                              ? (prefetch ? DedupIds<true, true, T> : DedupIds<true, false, T>)
                              : (prefetch ? DedupIds<false, true, T> : DedupIds<false, false, T>);
-      unique = dedup(x, begin, end, shard_of, task.lo, task.hi, index, counts.data(), raw, unique);
+      unique = dedup(x, begin, end, shard_of, task.lo, task.hi, index, counts.data(), raw, unique,
+                     distinct, distinct_shard);
       if (begin == 0 && end < n) index.Reserve(ExpectedUnique(unique, sample, n));
       begin = end;
     }
@@ -212,23 +267,36 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
                      shard_sizes + b * num_shards, &unique, &floats);
     FFI_ASSIGN_OR_RETURN(emb_total[b], CheckedInt32(floats, op, "fused_embedding_size"));
     num_unique[b] = static_cast<int32_t>(unique);
-    std::fill(out_ids + b * total + unique, out_ids + (b + 1) * total, T{0});
   }
 
   // Phase 3: distinct ids to their block positions; raw ids' unique numbers to fused offsets.
+  // Each task also zero-fills its share of the id output's padding (8 MiB for 1e6 ids, ~1 ms on
+  // one thread).
   return ParallelFor(&pool, num_tasks, workers, [&](int64_t t, int64_t worker) {
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t pad = total - num_unique[b];
+      T* pad_at = out_ids + b * total + num_unique[b];
+      std::fill(pad_at + pad * t / num_tasks, pad_at + pad * (t + 1) / num_tasks, T{0});
+    }
     const Task& task = tasks[t];
     const int64_t m = task.table;
     std::vector<int32_t>& positions = scratch[worker].counts;
     positions.assign(task.hi - task.lo, 0);
     std::vector<int32_t>& offset_of = scratch[worker].offsets;
     if (offset_of.size() < static_cast<size_t>(task_unique[t])) offset_of.resize(task_unique[t]);
-    const auto scatter = task.lo == first_shard && task.hi == num_shards ? ScatterIds<true, T>
-                                                                         : ScatterIds<false, T>;
-    scatter(data[m] + task.batch * stride[m], length[m], shard_of, task.lo, task.hi, num_tables,
-            dims[m], id_base.data() + task.batch * blocks + m,
-            emb_base.data() + task.batch * blocks + m, positions.data(), offset_of.data(),
-            out_ids + task.batch * total, offsets + task.batch * total + start[m]);
+    const int64_t* ids_at = id_base.data() + task.batch * blocks + m;
+    const int64_t* emb_at = emb_base.data() + task.batch * blocks + m;
+    int32_t* raw = offsets + task.batch * total + start[m];
+    if (task.lo == first_shard && task.hi == num_shards) {
+      const int64_t at = task.batch * total + start[m];
+      PlaceDistinctIds(call_scratch->distinct.data() + at, call_scratch->distinct_shard.data() + at,
+                       task_unique[t], length[m], task.lo, num_tables, dims[m], ids_at, emb_at,
+                       positions.data(), offset_of.data(), out_ids + task.batch * total, raw);
+    } else {
+      ScatterIdsOfShards(data[m] + task.batch * stride[m], length[m], shard_of, task.lo, task.hi,
+                         num_tables, dims[m], ids_at, emb_at, positions.data(), offset_of.data(),
+                         out_ids + task.batch * total, raw);
+    }
     return ffi::Error::Success();
   });
 }

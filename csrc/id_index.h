@@ -222,59 +222,64 @@ class IdIndex {
   int64_t capacity_ = 0;
 };
 
-// A hash index borrowed from a process-wide free list for one task or one call. Indexes outlive
-// the calls on purpose: a fresh multi-MiB index costs a page fault per 4 KiB on first touch
-// (~0.45 ms per MiB measured on the project VM, a third of a 2e6-id fused_reorder call), while a
-// reused one costs nothing. Only capacity survives -- every use starts with Reset -- and an index
-// gives back anything above kMaxCachedIndexBytes when it is returned. The free list holds at most
-// as many indexes as were ever in use at once (capped at kMaxCachedIndexes); a lease may be handed
-// to other threads while its owner holds it (the lookup ops build on one thread, probe on others).
-inline constexpr int64_t kMaxCachedIndexBytes = int64_t{64} << 20;
-inline constexpr size_t kMaxCachedIndexes = 256;
+// An object borrowed from a process-wide free list of its type for one task or one call: the hash
+// indexes of the dedup and lookup kernels, and fused_reorder's per-call scratch. They outlive the
+// calls on purpose: fresh multi-MiB memory costs a page fault per 4 KiB on first touch (~0.45 ms
+// per MiB measured on the project VM, a third of a 2e6-id fused_reorder call), while reused memory
+// costs nothing. Only capacity survives -- every user starts by resetting what it borrowed -- and an
+// object gives back anything above kMaxPooledBytes (T::ReleaseAbove) when it is returned. A free
+// list holds at most as many objects as were ever in use at once (capped at kMaxPooledObjects); a
+// lease may be handed to other threads while its owner holds it (the lookup ops build an index on
+// one thread and probe it on others).
+inline constexpr int64_t kMaxPooledBytes = int64_t{64} << 20;
+inline constexpr size_t kMaxPooledObjects = 256;
 
-class IndexLease {
+template <typename T>
+class Lease {
  public:
-  IndexLease() : index_(Take()) {}
-  ~IndexLease() {
-    if (index_ != nullptr) Give(std::move(index_));
+  Lease() : object_(Take()) {}
+  ~Lease() {
+    if (object_ != nullptr) Give(std::move(object_));
   }
-  IndexLease(IndexLease&&) = default;
-  IndexLease& operator=(IndexLease&&) = delete;
-  IndexLease(const IndexLease&) = delete;
-  IndexLease& operator=(const IndexLease&) = delete;
-  IdIndex& operator*() const { return *index_; }
-  IdIndex* operator->() const { return index_.get(); }
+  Lease(Lease&&) = default;
+  Lease& operator=(Lease&&) = delete;
+  Lease(const Lease&) = delete;
+  Lease& operator=(const Lease&) = delete;
+  T& operator*() const { return *object_; }
+  T* operator->() const { return object_.get(); }
 
  private:
   struct FreeList {
     std::mutex mu;
-    std::vector<std::unique_ptr<IdIndex>> indexes;
+    std::vector<std::unique_ptr<T>> objects;
   };
   static FreeList& Free() {
     static FreeList* free_list = new FreeList;  // never destroyed: leases may end during exit
     return *free_list;
   }
-  static std::unique_ptr<IdIndex> Take() {
+  static std::unique_ptr<T> Take() {
     FreeList& f = Free();
     {
       std::lock_guard<std::mutex> lock(f.mu);
-      if (!f.indexes.empty()) {
-        std::unique_ptr<IdIndex> index = std::move(f.indexes.back());
-        f.indexes.pop_back();
-        return index;
+      if (!f.objects.empty()) {
+        std::unique_ptr<T> object = std::move(f.objects.back());
+        f.objects.pop_back();
+        return object;
       }
     }
-    return std::make_unique<IdIndex>();
+    return std::make_unique<T>();
   }
-  static void Give(std::unique_ptr<IdIndex> index) {
-    index->ReleaseAbove(kMaxCachedIndexBytes);
+  static void Give(std::unique_ptr<T> object) {
+    object->ReleaseAbove(kMaxPooledBytes);
     FreeList& f = Free();
     std::lock_guard<std::mutex> lock(f.mu);
-    if (f.indexes.size() < kMaxCachedIndexes) f.indexes.push_back(std::move(index));
+    if (f.objects.size() < kMaxPooledObjects) f.objects.push_back(std::move(object));
   }
 
-  std::unique_ptr<IdIndex> index_;
+  std::unique_ptr<T> object_;
 };
+
+using IndexLease = Lease<IdIndex>;
 
 // The bucket of a key among `buckets` (a power of two): hash bits disjoint from the top bits that
 // pick its index slot, so the keys of one bucket still spread over their whole index.
