@@ -27,6 +27,9 @@ namespace jax_distops {
 inline constexpr int64_t kPresizedIds = 1 << 15;
 inline constexpr int64_t kSampleIds = 4096;
 
+// Indexes up to this size get a lower load factor (IdIndex::CapacityFor): about a core's L2.
+inline constexpr int64_t kSparseIndexBytes = int64_t{1} << 20;
+
 inline int64_t FirstSizing(int64_t n) { return n <= kPresizedIds ? n : kSampleIds; }
 
 // Distinct ids expected among n, from `unique` among the first `seen`, plus 1/8 slack.
@@ -85,9 +88,9 @@ class ZeroedArray {
   size_t size_ = 0;
 };
 
-// Linear probing at load factor <= 1/2; the capacity is any size (a slot is picked by the high bits
-// of hash * capacity, not by a power-of-two mask), so an index sized for its data stays as small
-// as possible and more often fits the core's L2 cache. Meant to be reused: `Reset` empties it in
+// Linear probing at load factor <= 1/2 (<= 1/4 for small indexes: CapacityFor); the capacity is
+// any size (a slot is picked by the high bits of hash * capacity, not by a power-of-two mask), so
+// an index sized for its data stays as small as possible and more often fits the core's L2 cache. Meant to be reused: `Reset` empties it in
 // O(1) by bumping a generation number (a slot is occupied only if it carries the current
 // generation), so one worker can dedup many tables with one allocation.
 class IdIndex {
@@ -166,8 +169,13 @@ class IdIndex {
     uint32_t generation;  // the slot is occupied iff this equals generation_
   };
 
+  // Load factor <= 1/4 while that fits in kSparseIndexBytes (fewer collisions, so fewer probes and
+  // mispredicted branches: Monolith's fused test, 128 tables of 10240 new ids, ~7.0 -> ~4.9 ms),
+  // else <= 1/2 (a larger index would spill further out of cache, which costs more).
   static int64_t CapacityFor(int64_t expected_unique) {
-    return std::max<int64_t>(16, 2 * expected_unique + 2);
+    const int64_t sparse = 4 * expected_unique + 2;
+    const bool small = sparse * static_cast<int64_t>(sizeof(Slot)) <= kSparseIndexBytes;
+    return small ? std::max<int64_t>(16, sparse) : 2 * expected_unique + 2;
   }
 
   uint64_t Home(uint64_t key) const { return MulHi64(HashId(key), static_cast<uint64_t>(capacity_)); }

@@ -1008,7 +1008,9 @@ def test_ids_crowding_the_end_of_the_hash_index_vs_oracle():
         return ((h >> np.uint64(32)) * np.uint64(capacity) + lo) >> np.uint64(32)
 
     n = 2_000
-    capacity = 2 * n + 2  # IdIndex::CapacityFor(n): a table of n <= 2**15 ids is indexed whole
+    # IdIndex::CapacityFor(n): a table of n <= 2**15 ids is indexed whole, at load factor <= 1/4
+    # while the index takes <= 1 MiB (16-byte slots).
+    capacity = 4 * n + 2
     candidates = np.arange(3_000_000, dtype=np.uint64)
     homes = home(candidates, capacity)
     ends = candidates[homes >= capacity - 2][:40].astype(np.int64).tolist()
