@@ -39,6 +39,7 @@ namespace {
 struct Task {
   int64_t batch, table, lo, hi;
   int64_t cost;  // about the number of ids the task keeps; largest tasks are scheduled first
+  int64_t keep = -1;  // a shard-range task's ShardRangeScratch; -1 for a whole-table task
 };
 
 // Per worker, reused across the tasks it runs.
@@ -80,34 +81,26 @@ constexpr int64_t kMinIdsForThreads = 1 << 15;
 constexpr int64_t kPrefetchDistance = 16;
 constexpr int64_t kPrefetchAboveBytes = 1 << 20;
 
-// Phase 1 of one task, for ids x[begin..end): dedups those whose shard is in [lo, hi) (all of
-// them when kAllShards), writes each kept raw id's unique number to raw[i], counts block sizes in
-// counts[shard - lo], and returns the number of distinct ids so far (`num_unique` before). When
-// kAllShards, distinct id u and its shard go to distinct[u] and distinct_shard[u].
-// Specialized so that the common case (kAllShards) computes the shard only for new ids, and so
-// that only large indexes pay for prefetching (which hides their cache-miss latency).
-template <bool kAllShards, bool kPrefetch, typename T>
-int32_t DedupIds(const T* x, int64_t begin, int64_t end, const ShardFn& shard_of, int64_t lo,
-                 int64_t hi, IdIndex& index, int32_t* counts, int32_t* raw, int32_t num_unique,
-                 uint64_t* distinct, int32_t* distinct_shard) {
+// Phase 1 of a task that owns a whole table, for its ids x[begin..end): writes each raw id's
+// unique number to raw[i], each distinct id u and its shard to distinct[u] and distinct_shard[u],
+// counts block sizes in counts[shard - lo] (lo: the first usable shard), and returns the number of
+// distinct ids so far (`num_unique` before). Only large indexes pay for prefetching (which hides
+// their cache-miss latency).
+template <bool kPrefetch, typename T>
+int32_t DedupTable(const T* x, int64_t begin, int64_t end, const ShardFn& shard_of, int64_t lo,
+                   IdIndex& index, int32_t* counts, int32_t* raw, int32_t num_unique,
+                   uint64_t* distinct, int32_t* distinct_shard) {
   for (int64_t i = begin; i < end; ++i) {
     if (kPrefetch && i + kPrefetchDistance < end) {
       __builtin_prefetch(index.SlotAddress(static_cast<uint64_t>(x[i + kPrefetchDistance])));
     }
     const T v = x[i];
-    int64_t s = 0;
-    if (!kAllShards) {
-      s = shard_of(v);
-      if (s < lo || s >= hi) continue;
-    }
     bool inserted;
     const int32_t u = index.FindOrInsert(static_cast<uint64_t>(v), num_unique, &inserted);
     if (inserted) {
-      if (kAllShards) {
-        s = shard_of(v);
-        distinct[num_unique] = static_cast<uint64_t>(v);
-        distinct_shard[num_unique] = static_cast<int32_t>(s);
-      }
+      const int64_t s = shard_of(v);
+      distinct[num_unique] = static_cast<uint64_t>(v);
+      distinct_shard[num_unique] = static_cast<int32_t>(s);
       ++counts[s - lo];
       ++num_unique;
     }
@@ -116,12 +109,73 @@ int32_t DedupIds(const T* x, int64_t begin, int64_t end, const ShardFn& shard_of
   return num_unique;
 }
 
-// Phase 3 of a task that owns a whole table: see the file comment. Its distinct ids and their
-// shards were recorded in phase 1 in first-occurrence order. `ids_at` / `emb_at` point at the block
-// bases of this task's table (block (s, m) at [s * M]).
+// What a task that owns the shards [lo, hi) of a table keeps from phase 1 for phase 3: the raw
+// positions of its ids, and its distinct ids with their shards in first-occurrence order. Their
+// number is not known in advance, so they live in vectors of their own (pooled: id_index.h).
+struct ShardRangeScratch {
+  std::vector<int32_t> owned;
+  std::vector<uint64_t> distinct;
+  std::vector<int32_t> distinct_shard;
+
+  void Clear() {
+    owned.clear();
+    distinct.clear();
+    distinct_shard.clear();
+  }
+  void ReleaseAbove(int64_t max_bytes) {
+    const size_t bytes = owned.capacity() * 4 + distinct.capacity() * 8 + distinct_shard.capacity() * 4;
+    if (static_cast<int64_t>(bytes) > max_bytes) *this = ShardRangeScratch();
+  }
+};
+
+// Ids a shard-range task sorts out at a time.
+constexpr int64_t kOwnedBatch = 512;
+
+// Phase 1 of a task that owns the shards [lo, hi) of a table, for its ids x[begin..end): as
+// DedupTable for the ids of its shards, recording them in `keep`. The ids are first sorted out
+// kOwnedBatch at a time without a branch (a branch on whether an id is the task's own would
+// mispredict for every other id with two tasks), then deduped.
+template <bool kPrefetch, typename T>
+int32_t DedupShardRange(const T* x, int64_t begin, int64_t end, const ShardFn& shard_of,
+                        int64_t lo, int64_t hi, IdIndex& index, int32_t* counts, int32_t* raw,
+                        int32_t num_unique, ShardRangeScratch& keep) {
+  int32_t own[kOwnedBatch], own_shard[kOwnedBatch];
+  for (int64_t from = begin; from < end; from += kOwnedBatch) {
+    const int64_t to = std::min(end, from + kOwnedBatch);
+    int64_t count = 0;
+    for (int64_t i = from; i < to; ++i) {  // an id of other shards is overwritten by the next one
+      const int64_t s = shard_of(x[i]);
+      own[count] = static_cast<int32_t>(i);
+      own_shard[count] = static_cast<int32_t>(s);
+      count += (s >= lo) & (s < hi);
+    }
+    for (int64_t k = 0; k < count; ++k) {
+      if (kPrefetch && k + kPrefetchDistance < count) {
+        __builtin_prefetch(index.SlotAddress(static_cast<uint64_t>(x[own[k + kPrefetchDistance]])));
+      }
+      const T v = x[own[k]];
+      bool inserted;
+      const int32_t u = index.FindOrInsert(static_cast<uint64_t>(v), num_unique, &inserted);
+      if (inserted) {
+        keep.distinct.push_back(static_cast<uint64_t>(v));
+        keep.distinct_shard.push_back(own_shard[k]);
+        ++counts[own_shard[k] - lo];
+        ++num_unique;
+      }
+      raw[own[k]] = u;
+    }
+    keep.owned.insert(keep.owned.end(), own, own + count);
+  }
+  return num_unique;
+}
+
+// Phase 3 of a task: see the file comment. Its distinct ids and their shards were recorded in
+// phase 1 in first-occurrence order; its raw ids are raw[0..n) or, if `owned` is not null,
+// raw[owned[k]] for k < n. `ids_at` / `emb_at` point at the block bases of this task's table
+// (block (s, m) at [s * M]).
 template <typename T>
 void PlaceDistinctIds(const uint64_t* distinct, const int32_t* distinct_shard, int32_t unique,
-                      int64_t n, int64_t lo, int64_t num_tables, int64_t dim,
+                      const int32_t* owned, int64_t n, int64_t lo, int64_t num_tables, int64_t dim,
                       const int64_t* ids_at, const int64_t* emb_at, int32_t* positions,
                       int32_t* offset_of, T* out_ids, int32_t* raw) {
   for (int32_t u = 0; u < unique; ++u) {
@@ -131,31 +185,10 @@ void PlaceDistinctIds(const uint64_t* distinct, const int32_t* distinct_shard, i
     out_ids[ids_at[block] + pos] = static_cast<T>(distinct[u]);
     offset_of[u] = static_cast<int32_t>(emb_at[block] + pos * dim);  // < E_tot, checked to fit
   }
-  for (int64_t i = 0; i < n; ++i) raw[i] = offset_of[raw[i]];
-}
-
-// Phase 3 of a task that owns the shards [lo, hi) of a table: it walks the table again, since it
-// recorded nothing in phase 1; a raw id of its shards whose u is the next unused number is a first
-// occurrence.
-template <typename T>
-void ScatterIdsOfShards(const T* x, int64_t n, const ShardFn& shard_of, int64_t lo, int64_t hi,
-                        int64_t num_tables, int64_t dim, const int64_t* ids_at,
-                        const int64_t* emb_at, int32_t* positions, int32_t* offset_of, T* out_ids,
-                        int32_t* raw) {
-  int32_t next = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const T v = x[i];
-    const int64_t s = shard_of(v);
-    if (s < lo || s >= hi) continue;
-    const int32_t u = raw[i];
-    if (u == next) {  // first occurrence of a distinct id
-      const int64_t block = s * num_tables;
-      const int64_t pos = positions[s - lo]++;
-      out_ids[ids_at[block] + pos] = v;
-      offset_of[u] = static_cast<int32_t>(emb_at[block] + pos * dim);  // < E_tot, checked to fit
-      ++next;
-    }
-    raw[i] = offset_of[u];
+  if (owned == nullptr) {
+    for (int64_t i = 0; i < n; ++i) raw[i] = offset_of[raw[i]];
+  } else {
+    for (int64_t k = 0; k < n; ++k) raw[owned[k]] = offset_of[raw[owned[k]]];
   }
 }
 
@@ -212,6 +245,11 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
   std::stable_sort(tasks.begin(), tasks.end(),
                    [](const Task& a, const Task& b) { return a.cost > b.cost; });
   const int64_t num_tasks = static_cast<int64_t>(tasks.size());
+  int64_t num_ranges = 0;
+  for (Task& task : tasks) {
+    if (task.lo != first_shard || task.hi != num_shards) task.keep = num_ranges++;
+  }
+  std::vector<Lease<ShardRangeScratch>> keep(num_ranges);
   const int64_t blocks = num_shards * num_tables;
   const ShardFn shard_of(num_shards, first_shard);
   Lease<CallScratch> call_scratch;
@@ -230,12 +268,12 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
     int32_t* raw = offsets + task.batch * total + start[m];
     uint64_t* distinct = call_scratch->distinct.data() + task.batch * total + start[m];
     int32_t* distinct_shard = call_scratch->distinct_shard.data() + task.batch * total + start[m];
-    const bool all_shards = task.lo == first_shard && task.hi == num_shards;
     // Block sizes are counted in per-worker memory: tasks of other tables own neighbouring entries
     // of slot_counts, and sharing those cache lines between threads would cost a miss per new id.
     std::vector<int32_t>& counts = scratch[worker].counts;
     counts.assign(task.hi - task.lo, 0);
     // Index sized for the whole table when small, else from a prefix (id_index.h).
+    if (task.keep >= 0) keep[task.keep]->Clear();
     IndexLease lease;
     IdIndex& index = *lease;
     const int64_t sample = std::min(n, FirstSizing(n));
@@ -244,11 +282,15 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
     for (int64_t begin = 0; begin < n;) {
       const int64_t end = begin == 0 ? sample : n;
       const bool prefetch = index.capacity_bytes() > kPrefetchAboveBytes;
-      const auto dedup = all_shards
-                             ? (prefetch ? DedupIds<true, true, T> : DedupIds<true, false, T>)
-                             : (prefetch ? DedupIds<false, true, T> : DedupIds<false, false, T>);
-      unique = dedup(x, begin, end, shard_of, task.lo, task.hi, index, counts.data(), raw, unique,
-                     distinct, distinct_shard);
+      if (task.keep < 0) {
+        const auto dedup = prefetch ? DedupTable<true, T> : DedupTable<false, T>;
+        unique = dedup(x, begin, end, shard_of, task.lo, index, counts.data(), raw, unique,
+                       distinct, distinct_shard);
+      } else {
+        const auto dedup = prefetch ? DedupShardRange<true, T> : DedupShardRange<false, T>;
+        unique = dedup(x, begin, end, shard_of, task.lo, task.hi, index, counts.data(), raw, unique,
+                       *keep[task.keep]);
+      }
       if (begin == 0 && end < n) index.Reserve(ExpectedUnique(unique, sample, n));
       begin = end;
     }
@@ -287,16 +329,14 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
     const int64_t* ids_at = id_base.data() + task.batch * blocks + m;
     const int64_t* emb_at = emb_base.data() + task.batch * blocks + m;
     int32_t* raw = offsets + task.batch * total + start[m];
-    if (task.lo == first_shard && task.hi == num_shards) {
-      const int64_t at = task.batch * total + start[m];
-      PlaceDistinctIds(call_scratch->distinct.data() + at, call_scratch->distinct_shard.data() + at,
-                       task_unique[t], length[m], task.lo, num_tables, dims[m], ids_at, emb_at,
-                       positions.data(), offset_of.data(), out_ids + task.batch * total, raw);
-    } else {
-      ScatterIdsOfShards(data[m] + task.batch * stride[m], length[m], shard_of, task.lo, task.hi,
-                         num_tables, dims[m], ids_at, emb_at, positions.data(), offset_of.data(),
-                         out_ids + task.batch * total, raw);
-    }
+    const int64_t at = task.batch * total + start[m];
+    const ShardRangeScratch* kept = task.keep < 0 ? nullptr : &*keep[task.keep];
+    PlaceDistinctIds(kept ? kept->distinct.data() : call_scratch->distinct.data() + at,
+                     kept ? kept->distinct_shard.data() : call_scratch->distinct_shard.data() + at,
+                     task_unique[t], kept ? kept->owned.data() : nullptr,
+                     kept ? static_cast<int64_t>(kept->owned.size()) : length[m], task.lo,
+                     num_tables, dims[m], ids_at, emb_at, positions.data(), offset_of.data(),
+                     out_ids + task.batch * total, raw);
     return ffi::Error::Success();
   });
 }

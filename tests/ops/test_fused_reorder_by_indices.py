@@ -1038,6 +1038,30 @@ def test_vmap_of_large_tables_vs_oracle():
     assert_result_equal(res, want, np.int64)
 
 
+@pytest.mark.parametrize("use_vmap", [False, True])
+def test_table_split_over_shard_ranges_next_to_whole_tables_vs_oracle(use_vmap):
+    """One table holds more than a worker's share of all ids (with 2 threads: over half), so the
+    kernel splits it into shard-range tasks, which keep their ids and distinct ids apart from the
+    whole-table tasks running beside them. With vmap, the same as a batch of one."""
+    rng = np.random.default_rng(12)
+    distinct = rng.integers(-(2**62), 2**62, size=90_000, dtype=np.int64)
+    big = np.concatenate([distinct, distinct[::3], rng.integers(0, 50, 20_000)])
+    rng.shuffle(big)
+    whole = [rng.integers(0, 30_000, size=40_000, dtype=np.int64), np.arange(-500, 500, dtype=np.int64)]
+    dims = [3, 5, 2]
+
+    def op(a, b, c):
+        return OP([a, b, c], 64, dims, rank0_empty_shard=True)
+
+    if use_vmap:
+        res = jax.vmap(op)(big[None], whole[0][None], whole[1][None])
+        res = type(res)(*(np.asarray(x)[0] for x in res))
+    else:
+        res = op(big, *whole)
+    want = oracle.fused_reorder_by_indices([big, *whole], 64, dims, True)
+    assert_result_equal(res, want, np.int64)
+
+
 # --------------------------------------------------------------------------------------------------
 # Gradients through the integer outputs
 # --------------------------------------------------------------------------------------------------
