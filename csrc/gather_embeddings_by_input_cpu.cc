@@ -73,11 +73,12 @@ ffi::Error GatherImpl(TypeTag<T>, ffi::ThreadPool& pool, const ffi::AnyBuffer& i
   TableRows table(static_cast<size_t>(s.width * elem_bytes));
   table.Add(static_cast<char*>(embeddings.untyped_data()), s.num_rows, s.table_stride * elem_bytes);
   const int64_t workers = LookupWorkers(pool, use_threads);
-  IdRowMap map;
-  FFI_RETURN_IF_ERROR(map.Build(&pool, workers, id_arrays, s.split.batch));
+  IdRows rows;
+  FFI_RETURN_IF_ERROR(rows.Join(&pool, workers, id_arrays, s.split.batch, input.typed_data<T>(),
+                                s.rows_stride, s.n));
   AdviseHugePages(mapping->untyped_data(), static_cast<size_t>(s.split.batch * s.n) * sizeof(Mapping));
-  const MapResolver<T, Mapping> resolver{op,  "input", "ids", map, input.typed_data<T>(), s.rows_stride,
-                                         s.n, mapping->typed_data<Mapping>()};
+  const MapResolver<T, Mapping> resolver{op,  "input", "ids", rows.rows(), input.typed_data<T>(),
+                                         s.rows_stride, s.n, mapping->typed_data<Mapping>()};
   return GatherRows(&pool, workers, s.split.batch, s.n, &table,
                     static_cast<char*>(out->untyped_data()), resolver);
 }

@@ -20,7 +20,7 @@ namespace jax_distops {
 
 // Ids (or rows) per task below which a lookup is not worth a task of its own.
 inline constexpr int64_t kLookupRowsPerTask = 1 << 14;
-// Hash-map slots are prefetched this many ids ahead, and scatter-add targets this many rows ahead.
+// Source rows are prefetched this many rows ahead, and scatter-add targets this many rows ahead.
 inline constexpr int64_t kLookupPrefetch = 16;
 inline constexpr int64_t kScatterPrefetch = 64;
 
@@ -101,81 +101,160 @@ struct IdArrays {
   }
 };
 
-// Maps each id to the row of its first occurrence in IdArrays (Monolith: "the first mapping wins").
-// There is one map per batch element when the ids are batched, one shared map otherwise. Each map
-// is `parts` hash indexes that split the ids by hash bits (HashBucket), so the parts are built in
-// parallel; every part scans all ids in order, so "first" does not depend on the part count.
-// (Building 1e6 distinct ids on 2 threads: ~13 ms when each part branched on ownership per id,
-// ~7.5 ms with the branch-free gathering below; one thread alone takes ~13 ms.)
-class IdRowMap {
+// The row of each looked-up id: rows[b * n + i] is the row of the first occurrence of id
+// input[b][i] among IdArrays (Monolith: "the first mapping wins"), or -1 if it has none. There is
+// one map per batch element when the ids are batched, one shared by the batch otherwise.
+//
+// A partitioned hash join: the ids of the map (with their rows) and the looked-up ids (with their
+// positions) are first sorted into P partitions by hash bits (HashBucket), each side keeping its
+// order within a partition, then each partition builds its own hash index and answers its
+// lookups. P is chosen so that a partition's index fits a core's L2 cache: probing one hash index
+// of a million ids instead misses the cache on every insert and every lookup. (Measured, 1e6 ids
+// and 1e6 lookups, one thread: 12.5 ms partitioned against 23.5 ms direct; it also runs the build
+// in parallel over partitions, which the direct build could not do without a branch per id.)
+// The partition passes and the partitions run as parallel tasks; the scratch is pooled.
+class IdRows {
  public:
   template <typename T>
-  ffi::Error Build(ffi::ThreadPool* pool, int64_t workers, const IdArrays<T>& ids, int64_t batch) {
-    int64_t total = 0;
-    for (int64_t n : ids.length) total += n;
-    num_maps_ = ids.batched ? batch : 1;
-    num_parts_ = 1;  // a power of two
-    while (num_parts_ < workers && total / (2 * num_parts_) >= kLookupRowsPerTask) num_parts_ *= 2;
-    leases_.resize(num_maps_ * num_parts_);
-    return ParallelFor(pool, num_maps_ * num_parts_, workers, [&](int64_t t, int64_t) {
-      const int64_t map = t / num_parts_, part = t % num_parts_;
-      IdIndex& index = *leases_[t];
-      const int64_t expected = total / num_parts_;
-      index.Reset(num_parts_ == 1 ? total : expected + expected / 8 + 64);
-      // The ids this part owns are first gathered into a small buffer without a branch (a branch
-      // on ownership mispredicts for every other id with 2 parts), then inserted with prefetching.
-      uint64_t keys[kBuildBatch];
-      int32_t rows[kBuildBatch];
-      int64_t size = 0, count = 0;
-      auto insert_gathered = [&] {
-        for (int64_t k = 0; k < count; ++k) {
-          if (k + kLookupPrefetch < count) __builtin_prefetch(index.SlotAddress(keys[k + kLookupPrefetch]));
-          bool inserted;
-          index.FindOrInsert(keys[k], rows[k], size, &inserted);
-          size += inserted;
-        }
-        count = 0;
-      };
+  ffi::Error Join(ffi::ThreadPool* pool, int64_t workers, const IdArrays<T>& ids, int64_t batch,
+                  const T* input, int64_t input_stride, int64_t n) {
+    int64_t num_keys = 0;  // ids per map
+    for (int64_t k : ids.length) num_keys += k;
+    const int64_t maps = ids.batched ? batch : 1;
+    const int64_t queries = batch * n / maps;  // lookups per map
+    int64_t parts = 1;  // a power of two
+    while (parts < kMaxJoinParts &&
+           (num_keys / parts > kJoinKeysPerPart ||
+            (parts < 2 * workers && queries * maps / parts >= kLookupRowsPerTask))) {
+      parts *= 2;
+    }
+    const int64_t key_chunks = std::clamp<int64_t>(num_keys / kJoinChunk, 1, 2 * workers);
+    const int64_t query_chunks = std::clamp<int64_t>(queries / kJoinChunk, 1, 2 * workers);
+    const int64_t chunks = key_chunks + query_chunks;  // per map: key chunks, then query chunks
+    Scratch& sc = *scratch_;
+    sc.Prepare(maps * num_keys, batch * n);
+    std::vector<int64_t> cursor(maps * chunks * parts, 0);  // counts, then write positions
+
+    // The id and position of entry j of chunk c of map g, for j in the chunk's range.
+    auto chunk_range = [&](int64_t c) {
+      const bool keys = c < key_chunks;
+      const int64_t total = keys ? num_keys : queries, k = keys ? key_chunks : query_chunks;
+      const int64_t i = keys ? c : c - key_chunks;
+      return std::pair<int64_t, int64_t>(total * i / k, total * (i + 1) / k);
+    };
+    auto for_each_key = [&](int64_t g, int64_t lo, int64_t hi, auto&& fn) {  // fn(key, row)
       int64_t row = 0;
       for (size_t s = 0; s < ids.data.size(); ++s) {
-        const T* x = ids.data[s] + map * ids.stride[s];
-        const int64_t n = ids.length[s];
-        for (int64_t j = 0; j < n; ++j) {
-          const uint64_t key = static_cast<uint64_t>(x[j]);
-          keys[count] = key;
-          rows[count] = static_cast<int32_t>(row + j);
-          count += Owns(part, key);
-          if (count == kBuildBatch) insert_gathered();
+        const int64_t len = ids.length[s];
+        const T* x = ids.data[s] + g * ids.stride[s];
+        for (int64_t j = std::max<int64_t>(lo - row, 0); j < std::min(hi - row, len); ++j) {
+          fn(static_cast<uint64_t>(x[j]), row + j);
         }
-        row += n;
+        row += len;
       }
-      insert_gathered();
+    };
+    auto for_each_query = [&](int64_t g, int64_t lo, int64_t hi, auto&& fn) {  // fn(key, b * n + i)
+      for (int64_t q = g * queries + lo; q < g * queries + hi; ++q) {
+        fn(static_cast<uint64_t>(input[q / n * input_stride + q % n]), q);
+      }
+    };
+    auto for_each = [&](int64_t g, int64_t c, auto&& fn) {
+      const auto [lo, hi] = chunk_range(c);
+      if (c < key_chunks) {
+        for_each_key(g, lo, hi, fn);
+      } else {
+        for_each_query(g, lo, hi, fn);
+      }
+    };
+
+    // Pass 1: partition sizes per chunk.
+    FFI_RETURN_IF_ERROR(ParallelFor(pool, maps * chunks, workers, [&](int64_t t, int64_t) {
+      int64_t* count = cursor.data() + t * parts;
+      for_each(t / chunks, t % chunks, [&](uint64_t key, int64_t) { ++count[Part(key, parts)]; });
+      return ffi::Error::Success();
+    }));
+    // Where each chunk writes each partition: partitions in order, chunks in order within them.
+    std::vector<int64_t> part_keys(maps * (parts + 1)), part_queries(maps * (parts + 1));
+    for (int64_t g = 0; g < maps; ++g) {
+      int64_t key_at = g * num_keys, query_at = g * queries;
+      for (int64_t p = 0; p < parts; ++p) {
+        part_keys[g * (parts + 1) + p] = key_at;
+        part_queries[g * (parts + 1) + p] = query_at;
+        for (int64_t c = 0; c < chunks; ++c) {
+          int64_t& at = c < key_chunks ? key_at : query_at;
+          int64_t& slot = cursor[(g * chunks + c) * parts + p];
+          const int64_t count = slot;
+          slot = at;
+          at += count;
+        }
+      }
+      part_keys[g * (parts + 1) + parts] = key_at;
+      part_queries[g * (parts + 1) + parts] = query_at;
+    }
+    // Pass 2: every id to its partition.
+    FFI_RETURN_IF_ERROR(ParallelFor(pool, maps * chunks, workers, [&](int64_t t, int64_t) {
+      int64_t* at = cursor.data() + t * parts;
+      Entry* to = t % chunks < key_chunks ? sc.keys.data() : sc.queries.data();
+      for_each(t / chunks, t % chunks, [&](uint64_t key, int64_t where) {
+        to[at[Part(key, parts)]++] = Entry{key, where};
+      });
+      return ffi::Error::Success();
+    }));
+    // Pass 3: per partition, an index of its ids (first occurrence wins), then its lookups.
+    return ParallelFor(pool, maps * parts, workers, [&](int64_t t, int64_t) {
+      const int64_t g = t / parts, p = t % parts;
+      const Entry* keys = sc.keys.data();
+      const Entry* queries_of = sc.queries.data();
+      const int64_t k0 = part_keys[g * (parts + 1) + p], k1 = part_keys[g * (parts + 1) + p + 1];
+      const int64_t q0 = part_queries[g * (parts + 1) + p], q1 = part_queries[g * (parts + 1) + p + 1];
+      IndexLease lease;
+      IdIndex& index = *lease;
+      index.Reset(k1 - k0);
+      int64_t size = 0;
+      for (int64_t k = k0; k < k1; ++k) {
+        bool inserted;
+        index.FindOrInsert(keys[k].key, static_cast<int32_t>(keys[k].where), size, &inserted);
+        size += inserted;
+      }
+      int32_t* rows = sc.rows.data();
+      for (int64_t q = q0; q < q1; ++q) rows[queries_of[q].where] = index.Find(queries_of[q].key);
       return ffi::Error::Success();
     });
   }
 
-  // The row of `key` in map `map` (0 when the map is shared), or -1 if it has none.
-  int32_t Find(int64_t map, uint64_t key) const { return Part(map, key).Find(key); }
-  // The slot to prefetch before looking `key` up. (Callers prefetch it themselves: GCC deems a
-  // function whose only effect is a prefetch pure, and deletes calls to it.)
-  const void* SlotAddress(int64_t map, uint64_t key) const { return Part(map, key).SlotAddress(key); }
-  int64_t MapOf(int64_t b) const { return num_maps_ == 1 ? 0 : b; }
+  const int32_t* rows() const { return scratch_->rows.data(); }
 
  private:
-  static constexpr int64_t kBuildBatch = 512;
+  // A partition's index holds at most this many ids on average (~256 KiB at load 1/2).
+  static constexpr int64_t kJoinKeysPerPart = 8192;
+  static constexpr int64_t kMaxJoinParts = 4096;
+  // Ids per partitioning task, at least.
+  static constexpr int64_t kJoinChunk = 1 << 16;
 
-  bool Owns(int64_t part, uint64_t key) const {
-    return num_parts_ == 1 || HashBucket(key, num_parts_) == part;
-  }
-  const IdIndex& Part(int64_t map, uint64_t key) const {
-    return *leases_[map * num_parts_ + (num_parts_ == 1 ? 0 : HashBucket(key, num_parts_))];
-  }
+  struct Entry {
+    uint64_t key;
+    int64_t where;  // the row of a map id; the position b * n + i of a looked-up id
+  };
+  struct Scratch {
+    std::vector<Entry> keys, queries;
+    std::vector<int32_t> rows;
+    void Prepare(int64_t num_keys, int64_t num_queries) {
+      if (keys.size() < static_cast<size_t>(num_keys)) keys.resize(num_keys);
+      if (queries.size() < static_cast<size_t>(num_queries)) queries.resize(num_queries);
+      if (rows.size() < static_cast<size_t>(num_queries)) rows.resize(num_queries);
+    }
+    void ReleaseAbove(int64_t max_bytes) {
+      const size_t bytes = (keys.capacity() + queries.capacity()) * sizeof(Entry) + rows.capacity() * 4;
+      if (static_cast<int64_t>(bytes) > max_bytes) *this = Scratch();
+    }
+  };
 
-  int64_t num_maps_ = 1, num_parts_ = 1;
-  std::vector<IndexLease> leases_;
+  static int64_t Part(uint64_t key, int64_t parts) { return parts == 1 ? 0 : HashBucket(key, parts); }
+
+  Lease<Scratch> scratch_;
 };
 
-// Resolves output rows through an IdRowMap: row i of batch element b is the row of input id
+// Resolves output rows through IdRows: row i of batch element b is the row of input id
 // ids[b][i]; optionally records it in `mapping` ([batch, n]). A missing id fails with Monolith's
 // message "Unable to map id <id>".
 template <typename T, typename Mapping>
@@ -183,17 +262,14 @@ struct MapResolver {
   const char* op;
   const char* input_arg;  // the argument holding the ids, e.g. "input"
   const char* map_arg;    // the argument the map was built from, e.g. "ids_list"
-  const IdRowMap& map;
+  const int32_t* rows;    // IdRows::rows()
   const T* input;
   int64_t input_stride;  // 0 when the input is shared by the batch
   int64_t n;
   Mapping* mapping;  // may be null
 
-  const void* PrefetchAddress(int64_t b, int64_t i) const {
-    return map.SlotAddress(map.MapOf(b), static_cast<uint64_t>(input[b * input_stride + i]));
-  }
   int64_t Row(int64_t b, int64_t i) const {
-    const int32_t r = map.Find(map.MapOf(b), static_cast<uint64_t>(input[b * input_stride + i]));
+    const int32_t r = rows[b * n + i];
     if (mapping != nullptr && r >= 0) mapping[b * n + i] = static_cast<Mapping>(r);
     return r;
   }
@@ -214,7 +290,6 @@ struct IndexResolver {
   int64_t index_stride;  // 0 when shared by the batch
   int64_t num_rows;
 
-  const void* PrefetchAddress(int64_t, int64_t) const { return nullptr; }
   int64_t Row(int64_t b, int64_t i) const {
     const int64_t r = static_cast<int64_t>(index[b * index_stride + i]);
     return r >= 0 && r < num_rows ? r : -1;
@@ -243,9 +318,8 @@ struct Chunks {
 
 // out[b][i] = src row resolver.Row(b, i), for `batch` x `n` output rows of src.row_bytes() bytes.
 // With src == nullptr only resolves (for the resolver's side effects and errors). Software
-// pipeline: the map slot of row i + 2A is prefetched, row i + A is resolved and its source row
-// prefetched, and row i is copied (A = kLookupPrefetch), so the random reads of the map and of the
-// table overlap instead of stalling one by one.
+// pipeline: row i + A is resolved and its source row prefetched while row i is copied
+// (A = kLookupPrefetch), so the random reads of the table overlap instead of stalling one by one.
 template <typename Resolver>
 ffi::Error GatherRows(ffi::ThreadPool* pool, int64_t workers, int64_t batch, int64_t n,
                       const TableRows* src, char* out, const Resolver& resolver) {
@@ -262,9 +336,6 @@ ffi::Error GatherRows(ffi::ThreadPool* pool, int64_t workers, int64_t batch, int
       char* dst = out + b * n * static_cast<int64_t>(row_bytes);
       const char* ring[kAhead];  // source rows of i .. i + kAhead - 1
       for (int64_t j = begin; j < end; ++j) {
-        if (j + kAhead < end) {
-          if (const void* slot = resolver.PrefetchAddress(b, j + kAhead)) __builtin_prefetch(slot);
-        }
         const int64_t r = resolver.Row(b, j);
         if (r < 0) return resolver.Error(b, j);
         if (src == nullptr) continue;

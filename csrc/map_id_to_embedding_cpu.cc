@@ -76,10 +76,10 @@ ffi::Error MapImpl(ffi::ThreadPool& pool, const ffi::AnyBuffer& input, const ffi
     tables.Add(static_cast<char*>(emb.untyped_data()), ids.length[s], stride * elem_bytes);
   }
   const int64_t workers = LookupWorkers(pool, use_threads);
-  IdRowMap map;
-  FFI_RETURN_IF_ERROR(map.Build(&pool, workers, ids, split.batch));
-  const MapResolver<T, int32_t> resolver{op,           "input", "ids_list", map, input.typed_data<T>(),
-                                         input_stride, n,       nullptr};
+  IdRows rows;
+  FFI_RETURN_IF_ERROR(rows.Join(&pool, workers, ids, split.batch, input.typed_data<T>(), input_stride, n));
+  const MapResolver<T, int32_t> resolver{op, "input", "ids_list", rows.rows(), input.typed_data<T>(),
+                                         input_stride, n, nullptr};
   return GatherRows(&pool, workers, split.batch, n, &tables, static_cast<char*>(out->untyped_data()),
                     resolver);
 }
@@ -122,16 +122,13 @@ ffi::Error MapGradImpl(TypeTag<T>, ffi::ThreadPool& pool, const ffi::AnyBuffer& 
                ids.length[s] * width * static_cast<int64_t>(sizeof(F)));
   }
   const int64_t workers = LookupWorkers(pool, true);
-  IdRowMap map;
-  FFI_RETURN_IF_ERROR(map.Build(&pool, workers, ids, split.batch));
-  // Rows of every grads row, then the scatter-add.
-  std::vector<int32_t> rows(static_cast<size_t>(split.batch * n));
-  const MapResolver<T, int32_t> resolver{op,           "input", "ids_list", map, input.typed_data<T>(),
-                                         input_stride, n,       rows.data()};
-  FFI_RETURN_IF_ERROR(GatherRows(&pool, workers, split.batch, n, nullptr, nullptr, resolver));
-  const IndexResolver<int32_t> by_row{op, "rows", rows.data(), n, tables.num_rows()};
+  // The row of every grads row, then the scatter-add.
+  IdRows rows;
+  FFI_RETURN_IF_ERROR(rows.Join(&pool, workers, ids, split.batch, input.typed_data<T>(), input_stride, n));
+  const MapResolver<T, int32_t> resolver{op, "input", "ids_list", rows.rows(), input.typed_data<T>(),
+                                         input_stride, n, nullptr};
   return ScatterAddRows(&pool, workers, split.batch, n, grads.typed_data<F>(), grads_stride, width,
-                        tables, by_row);
+                        tables, resolver);
 }
 
 template <typename T, typename... Args>

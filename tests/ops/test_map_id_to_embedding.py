@@ -563,6 +563,31 @@ def test_large_gradient_vs_oracle():
     assert_list_bits_equal(got, oracle.map_id_to_embedding_gradient(ids_list, inp, grads), "grad")
 
 
+@pytest.mark.parametrize("ids_batched", [True, False], ids=["own_map", "shared_map"])
+def test_large_vmap_vs_oracle(ids_batched):
+    """Large enough for the kernel's id join to use many partitions and several partitioning
+    tasks on each side (> 2**16 ids and lookups per map): a batch of 3 with its own map per
+    element (ids repeated across and within arrays: the first row wins), or one shared map."""
+    rng = np.random.default_rng(41)
+    batch = 3
+    pool = rng.integers(-(2**62), 2**62, size=(batch, 50_000), dtype=np.int64)
+    take = rng.integers(0, 50_000, size=(batch, 90_000))
+    ids = [np.take_along_axis(pool, take[:, :70_000], 1), np.take_along_axis(pool, take[:, 70_000:], 1)]
+    if not ids_batched:
+        ids = [a[0] for a in ids]
+    present = np.concatenate(ids, axis=-1) if ids_batched else np.broadcast_to(
+        np.concatenate(ids), (batch, 90_000))
+    inp = np.take_along_axis(present, rng.integers(0, 90_000, size=(batch, 80_000)), 1)
+    emb = [random_floats(rng, np.float32, a.shape + (2,), special=False) for a in ids]
+    in_axes = (0, 0, 0) if ids_batched else (None, None, 0)
+    got = jax.vmap(OP, in_axes=in_axes)(ids, emb, inp)
+    for b in range(batch):
+        ids_b = [a[b] for a in ids] if ids_batched else ids
+        emb_b = [e[b] for e in emb] if ids_batched else emb
+        want = oracle.map_id_to_embedding(ids_b, emb_b, inp[b])
+        assert_array_bits_equal(got[b], want, f"batch element {b}")
+
+
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, np.float32], ids=_name)
 def test_gradient_heavy_duplicates_vs_oracle(dtype):
     """20,000 gradient rows onto 7 ids: bfloat16 must sum in float32 and round once; float32 must
