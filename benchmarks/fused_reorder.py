@@ -23,7 +23,10 @@ Workloads (fixed seeds; ids int64; x64 enabled):
    (~2e6 ids); S = 256, dim 16 everywhere, rank0 default (True since 256 > 4).
 2. ``fused-test`` — Monolith's ``test_benchmark``: 128 slots x 10240 ids uniform in [0, 2**31);
    S = 8, dims 16, rank0 default (True).
-3. ``small`` — 30 slots x 100 ids (uniform over the full int64 range); S = 256, dims 16.
+3. ``one-table`` — as monolith-bench in a single slot (1e6 distinct full-range ids, each twice,
+   shuffled): one table above a thread's share of the ids, which the kernel splits into shard-range
+   tasks; S = 256, dim 16.
+4. ``small`` — 30 slots x 100 ids (uniform over the full int64 range); S = 256, dims 16.
 
 Timing: inputs already on device, warm-up calls excluded, ``block_until_ready`` on every result,
 median of per-call times; the repeats of the implementations of one workload are interleaved in
@@ -157,18 +160,20 @@ def build_workloads(quick: bool) -> list[Workload]:
     # repeats (a few seconds per row) suffice; numpy on the big inputs is slower and steadier, so
     # fewer. The small call takes tens of microseconds and its distribution has a long tail
     # (thread wake-ups, GC, page faults), so it gets thousands of repeats.
+    num_unique = 100_000 if quick else 1_000_000
     if quick:
-        mono = make_monolith_bench(100_000, 30, seed=0)
         fused = make_fused_test(16, 10240, seed=1)
         r_big, r_np, r_small = 5, 3, 200
     else:
-        mono = make_monolith_bench(1_000_000, 30, seed=0)
         fused = make_fused_test(128, 10240, seed=1)
         r_big, r_np, r_small = 20, 5, 2000
+    mono = make_monolith_bench(num_unique, 30, seed=0)
+    one = make_monolith_bench(num_unique, 1, seed=3)  # a single slot
     small = make_small(30, 100, seed=2)
     return [
         Workload("monolith-bench", mono, 256, (16,) * len(mono), r_big, r_np, False),
         Workload("fused-test", fused, 8, (16,) * len(fused), r_big, r_np, False),
+        Workload("one-table", one, 256, (16,), r_big, r_np, False),
         Workload("small", small, 256, (16,) * len(small), r_small, r_small, True),
     ]
 
