@@ -74,7 +74,7 @@ import gc
 import os
 import sys
 import time
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -206,12 +206,12 @@ def _e(v: int) -> str:
     return f"{v:.0e}".replace("e+0", "e")  # 1000000 -> "1e6"
 
 
-def build_workloads(quick: bool, only: Sequence[str]) -> list[Workload]:
+def build_workloads(quick: bool, only: Sequence[str]) -> Iterator[Workload]:
     # The jitted calls take ~5-300 ms: 20 repeats (10 for the 64-wide rows) per row give a
-    # stable median.
+    # stable median. Workloads are made one at a time (a generator), so that only the inputs of
+    # the one being timed (up to ~0.5 GiB) are alive.
     n = 100_000 if quick else 1_000_000
     rep = (lambda d: 3) if quick else (lambda d: 10 if d == 64 else 20)
-    out = []
     for fam in ("map", "gather"):
         if fam not in only:
             continue
@@ -223,18 +223,18 @@ def build_workloads(quick: bool, only: Sequence[str]) -> list[Workload]:
                     keys = np.concatenate(il)
                     want = np.concatenate(el)[first_index_np(keys, inp)]
                     (g,) = make_grads([(n, D)], seed=3)
-                    out.append(Workload(f"map {tag} fwd", "map", FAMILIES["map"][0],
-                                        (il, el, inp), {}, n, rep(D), (), (want,)))
-                    out.append(Workload(f"map {tag} grad", "map", FAMILIES["map"][1],
-                                        (il, inp, g), {}, n, rep(D), (2,), None))
+                    yield Workload(f"map {tag} fwd", "map", FAMILIES["map"][0],
+                                   (il, el, inp), {}, n, rep(D), (), (want,))
+                    yield Workload(f"map {tag} grad", "map", FAMILIES["map"][1],
+                                   (il, inp, g), {}, n, rep(D), (2,), None)
                 else:
                     ids, emb, inp = make_gather(distinct, n, D, seed=1)
                     im = first_index_np(ids, inp)
                     (g,) = make_grads([(n, D)], seed=4)
-                    out.append(Workload(f"gather {tag} fwd", "gather", FAMILIES["gather"][0],
-                                        (ids, emb, inp), {}, n, rep(D), (), (emb[im], im)))
-                    out.append(Workload(f"gather {tag} grad", "gather", FAMILIES["gather"][1],
-                                        (ids, g, im), {}, n, rep(D), (1,), None))
+                    yield Workload(f"gather {tag} fwd", "gather", FAMILIES["gather"][0],
+                                   (ids, emb, inp), {}, n, rep(D), (), (emb[im], im))
+                    yield Workload(f"gather {tag} grad", "gather", FAMILIES["gather"][1],
+                                   (ids, g, im), {}, n, rep(D), (1,), None)
     if "fused" in only:
         for dims, tag in ((16, "d16"), (64, "d64"), (MIXED_DIMS, "mixed")):
             flat, offs, dd = make_fused(n // 2, 30, dims, 256, seed=2)
@@ -244,11 +244,10 @@ def build_workloads(quick: bool, only: Sequence[str]) -> list[Workload]:
             grads = make_grads([(o.shape[0], d) for o, d in zip(offs, dd)], seed=5)
             r = rep(64 if tag == "d64" else 16)
             st = dict(dims=dd, size=int(flat.shape[0]))
-            out.append(Workload(f"{name} fwd", "fused", FAMILIES["fused"][0], (flat, offs), st,
-                                L, r, (), tuple(want)))
-            out.append(Workload(f"{name} grad", "fused", FAMILIES["fused"][1], (grads, offs), st,
-                                L, r, (0,), None))
-    return out
+            yield Workload(f"{name} fwd", "fused", FAMILIES["fused"][0], (flat, offs), st,
+                           L, r, (), tuple(want))
+            yield Workload(f"{name} grad", "fused", FAMILIES["fused"][1], (grads, offs), st,
+                           L, r, (0,), None)
 
 
 # ----------------------------------------------------------------------------------------------
