@@ -154,8 +154,13 @@ class IdRows {
       }
     };
     auto for_each_query = [&](int64_t g, int64_t lo, int64_t hi, auto&& fn) {  // fn(key, b * n + i)
-      for (int64_t q = g * queries + lo; q < g * queries + hi; ++q) {
-        fn(static_cast<uint64_t>(input[q / n * input_stride + q % n]), q);
+      if (lo >= hi) return;
+      int64_t q = g * queries + lo, b = q / n, i = q % n;  // (no division per id: ~4 ns each)
+      for (const int64_t end = g * queries + hi; q < end; ++b, i = 0) {
+        const T* x = input + b * input_stride;
+        for (const int64_t stop = std::min(end, q + n - i); q < stop; ++q, ++i) {
+          fn(static_cast<uint64_t>(x[i]), q);
+        }
       }
     };
     auto for_each = [&](int64_t g, int64_t c, auto&& fn) {
