@@ -19,10 +19,9 @@
 //
 // A table much larger than the others is split into shard ranges so that every thread works on it;
 // each such task keeps only the ids of its shards (blocks are per shard, so the tasks are
-// independent), at the cost of computing every raw id's shard to know whether it is its own. It
-// records no distinct ids (their number per shard range is not known in advance, so they have no
-// fixed place): its phase 3 walks the raw ids again, and a raw id whose u is the next unused
-// number is a first occurrence.
+// independent), at the cost of computing every raw id's shard to know whether it is its own. Such
+// a task also keeps the positions of its raw ids, for phase 3; as their number (and its distinct
+// ids') is not known in advance, they go to vectors of the task's own (ShardRangeScratch).
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -272,8 +271,8 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
     // of slot_counts, and sharing those cache lines between threads would cost a miss per new id.
     std::vector<int32_t>& counts = scratch[worker].counts;
     counts.assign(task.hi - task.lo, 0);
-    // Index sized for the whole table when small, else from a prefix (id_index.h).
     if (task.keep >= 0) keep[task.keep]->Clear();
+    // Index sized for the whole table when small, else from a prefix (id_index.h).
     IndexLease lease;
     IdIndex& index = *lease;
     const int64_t sample = std::min(n, FirstSizing(n));

@@ -90,9 +90,10 @@ class ZeroedArray {
 
 // Linear probing at load factor <= 1/2 (<= 1/4 for small indexes: CapacityFor); the capacity is
 // any size (a slot is picked by the high bits of hash * capacity, not by a power-of-two mask), so
-// an index sized for its data stays as small as possible and more often fits the core's L2 cache. Meant to be reused: `Reset` empties it in
-// O(1) by bumping a generation number (a slot is occupied only if it carries the current
-// generation), so one worker can dedup many tables with one allocation.
+// an index sized for its data stays as small as possible and more often fits the core's L2 cache.
+// Meant to be reused: `Reset` empties it in O(1) by bumping a generation number (a slot is
+// occupied only if it carries the current generation), so one worker can dedup many tables with
+// one allocation.
 class IdIndex {
  public:
   // Empties the index and sizes it for `expected_unique` ids.
@@ -253,14 +254,14 @@ class IdIndex {
 };
 
 // An object borrowed from a process-wide free list of its type for one task or one call: the hash
-// indexes of the dedup and lookup kernels, and fused_reorder's per-call scratch. They outlive the
+// indexes of the dedup and lookup kernels, and their scratch buffers. They outlive the
 // calls on purpose: fresh multi-MiB memory costs a page fault per 4 KiB on first touch (~0.45 ms
 // per MiB measured on the project VM, a third of a 2e6-id fused_reorder call), while reused memory
 // costs nothing. Only capacity survives -- every user starts by resetting what it borrowed -- and an
 // object gives back anything above kMaxPooledBytes (T::ReleaseAbove) when it is returned. A free
 // list holds at most as many objects as were ever in use at once (capped at kMaxPooledObjects); a
-// lease may be handed to other threads while its owner holds it (the lookup ops build an index on
-// one thread and probe it on others).
+// lease may be used by other threads while its owner holds it (a call's scratch is written by all
+// of its tasks).
 inline constexpr int64_t kMaxPooledBytes = int64_t{64} << 20;
 inline constexpr size_t kMaxPooledObjects = 256;
 

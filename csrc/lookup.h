@@ -121,7 +121,7 @@ class IdRows {
     int64_t num_keys = 0;  // ids per map
     for (int64_t k : ids.length) num_keys += k;
     const int64_t maps = ids.batched ? batch : 1;
-    const int64_t queries = batch * n / maps;  // lookups per map
+    const int64_t queries = maps == 0 ? 0 : batch * n / maps;  // lookups per map
     int64_t parts = 1;  // a power of two
     while (parts < kMaxJoinParts &&
            (num_keys / parts > kJoinKeysPerPart ||
@@ -135,7 +135,7 @@ class IdRows {
     sc.Prepare(maps * num_keys, batch * n);
     std::vector<int64_t> cursor(maps * chunks * parts, 0);  // counts, then write positions
 
-    // The id and position of entry j of chunk c of map g, for j in the chunk's range.
+    // The entries chunk c covers: a range of the map's ids (rows), or of its lookups.
     auto chunk_range = [&](int64_t c) {
       const bool keys = c < key_chunks;
       const int64_t total = keys ? num_keys : queries, k = keys ? key_chunks : query_chunks;
@@ -230,7 +230,7 @@ class IdRows {
   const int32_t* rows() const { return scratch_->rows.data(); }
 
  private:
-  // A partition's index holds at most this many ids on average (~256 KiB at load 1/2).
+  // A partition's index holds at most this many ids on average (a 512 KiB index at load 1/4).
   static constexpr int64_t kJoinKeysPerPart = 8192;
   static constexpr int64_t kMaxJoinParts = 4096;
   // Ids per partitioning task, at least.
