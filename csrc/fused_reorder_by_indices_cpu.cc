@@ -301,6 +301,7 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
 
   // Phase 2: block layout per batch element.
   std::vector<int64_t> id_base(batch * blocks), emb_base(batch * blocks);
+  std::vector<int64_t> pad_before(batch + 1, 0);  // padding of the id output before element b
   for (int64_t b = 0; b < batch; ++b) {
     int64_t unique, floats;
     FusedBlockLayout(slot_counts + b * blocks, dims.begin(), num_shards, num_tables,
@@ -308,16 +309,22 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
                      shard_sizes + b * num_shards, &unique, &floats);
     FFI_ASSIGN_OR_RETURN(emb_total[b], CheckedInt32(floats, op, "fused_embedding_size"));
     num_unique[b] = static_cast<int32_t>(unique);
+    pad_before[b + 1] = pad_before[b] + total - unique;
   }
 
   // Phase 3: distinct ids to their block positions; raw ids' unique numbers to fused offsets.
-  // Each task also zero-fills its share of the id output's padding (8 MiB for 1e6 ids, ~1 ms on
-  // one thread).
+  // Each task also zero-fills its share of the id output's padding, all batch elements' padding
+  // taken as one range (8 MiB for 1e6 ids, ~1 ms on one thread).
   return ParallelFor(&pool, num_tasks, workers, [&](int64_t t, int64_t worker) {
-    for (int64_t b = 0; b < batch; ++b) {
-      const int64_t pad = total - num_unique[b];
-      T* pad_at = out_ids + b * total + num_unique[b];
-      std::fill(pad_at + pad * t / num_tasks, pad_at + pad * (t + 1) / num_tasks, T{0});
+    const int64_t pad = pad_before[batch];
+    int64_t lo = pad * t / num_tasks;
+    const int64_t hi = pad * (t + 1) / num_tasks;
+    for (int64_t b = std::upper_bound(pad_before.begin(), pad_before.end(), lo) - pad_before.begin() - 1;
+         lo < hi; ++b) {
+      const int64_t end = std::min(hi, pad_before[b + 1]);  // within element b's padding
+      T* pad_at = out_ids + b * total + num_unique[b] - pad_before[b];
+      std::fill(pad_at + lo, pad_at + end, T{0});
+      lo = end;
     }
     const Task& task = tasks[t];
     const int64_t m = task.table;
