@@ -1,5 +1,7 @@
 """Assertions shared by the op tests (importable as `testing` through tests/conftest.py)."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -90,3 +92,34 @@ def literal_params(cases, float_dtypes) -> list:
                 )
             )
     return params
+
+
+def dtype_name(dtype) -> str:
+    """The numpy name of a dtype ("float32", "bfloat16"): test ids."""
+    return np.dtype(dtype).name
+
+
+def rows_array(data, width: int, dtype) -> np.ndarray:
+    """A spec vector's flat row list as a `[len(data), width]` array."""
+    return np.array(data, dtype=dtype).reshape(len(data), width)
+
+
+def batch_leaf(per_example: list, axis, fixed: int):
+    """For a vmap-vs-loop test: (the batched argument, the per-example values the loop sees). With
+    axis None the argument is unbatched: example `fixed` for every iteration."""
+    if axis is None:
+        return per_example[fixed], [per_example[fixed]] * len(per_example)
+    return np.stack(per_example, axis=axis), list(per_example)
+
+
+def starts_with_op_names(op: str, *args: str) -> str:
+    """Regex: the message starts with the op's name and then names (any of) the argument(s)."""
+    arg = "|".join(args)
+    return rf"^{op}(?![A-Za-z0-9_])(?s:.*)\b({arg})\b"
+
+
+def assert_unable_to_map(excinfo, op: str, value: int) -> None:
+    """The error names the op and carries Monolith's "Unable to map id <value>"."""
+    message = str(excinfo.value)
+    assert op in message, message
+    assert re.search(rf"Unable to map id {re.escape(str(value))}(?!\d)", message), message

@@ -40,7 +40,7 @@ from absl.testing import parameterized
 import jax_distops
 
 import oracle  # tests/oracle.py, importable through tests/conftest.py
-from testing import assert_array_bits_equal, runtime_errors  # tests/testing.py
+from testing import assert_array_bits_equal, dtype_name, runtime_errors  # tests/testing.py
 
 OP = jax_distops.fused_gather_embeddings_by_input
 GRAD_OP = jax_distops.fused_gather_embeddings_by_input_gradient
@@ -48,10 +48,6 @@ OP_NAME = "fused_gather_embeddings_by_input"
 GRAD_OP_NAME = "fused_gather_embeddings_by_input_gradient"
 FLOAT_DTYPES = (np.float32, np.float64, jnp.bfloat16)
 OFFSET_DTYPES = (np.int32, np.int64)
-
-
-def _name(dtype) -> str:
-    return np.dtype(dtype).name
 
 
 # --------------------------------------------------------------------------------------------------
@@ -182,7 +178,9 @@ def _random_params():
             for offset_dtype in OFFSET_DTYPES:
                 params.append(
                     dict(
-                        testcase_name=f"M{num_tables}_{_name(dtype)}_off{_name(offset_dtype)}",
+                        testcase_name=(
+                            f"M{num_tables}_{dtype_name(dtype)}_off{dtype_name(offset_dtype)}"
+                        ),
                         seed=seed,
                         num_tables=num_tables,
                         dtype=dtype,
@@ -342,7 +340,7 @@ class FusedGatherVariantsTest(chex.TestCase):
 
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.named_parameters(
-        dict(testcase_name=f"{_name(d)}_off{_name(o)}", dtype=d, offset_dtype=o)
+        dict(testcase_name=f"{dtype_name(d)}_off{dtype_name(o)}", dtype=d, offset_dtype=o)
         for d, o in zip(FLOAT_DTYPES + (np.float32,), OFFSET_DTYPES * 2)
     )
     def test_spec_forward_22_floats(self, dtype, offset_dtype):
@@ -352,7 +350,7 @@ class FusedGatherVariantsTest(chex.TestCase):
 
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.named_parameters(
-        dict(testcase_name=f"{_name(d)}_off{_name(o)}", dtype=d, offset_dtype=o)
+        dict(testcase_name=f"{dtype_name(d)}_off{dtype_name(o)}", dtype=d, offset_dtype=o)
         for d, o in ((np.float32, np.int32), (np.float64, np.int64), (jnp.bfloat16, np.int32))
     )
     def test_spec_forward_repeated(self, dtype, offset_dtype):
@@ -364,7 +362,7 @@ class FusedGatherVariantsTest(chex.TestCase):
 
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.named_parameters(
-        dict(testcase_name=f"{_name(d)}_off{_name(o)}", dtype=d, offset_dtype=o)
+        dict(testcase_name=f"{dtype_name(d)}_off{dtype_name(o)}", dtype=d, offset_dtype=o)
         for d, o in zip(FLOAT_DTYPES, OFFSET_DTYPES * 2)
     )
     def test_spec_gradient_22_floats(self, dtype, offset_dtype):
@@ -383,7 +381,7 @@ class FusedGatherVariantsTest(chex.TestCase):
 
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.named_parameters(
-        dict(testcase_name=f"{_name(d)}_off{_name(o)}", dtype=d, offset_dtype=o)
+        dict(testcase_name=f"{dtype_name(d)}_off{dtype_name(o)}", dtype=d, offset_dtype=o)
         for d, o in zip(FLOAT_DTYPES, OFFSET_DTYPES * 2)
     )
     def test_spec_gradient_x888(self, dtype, offset_dtype):
@@ -403,7 +401,7 @@ class FusedGatherVariantsTest(chex.TestCase):
 
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.named_parameters(
-        dict(testcase_name=f"{_name(d)}_scale{s}", dtype=d, scale=s)
+        dict(testcase_name=f"{dtype_name(d)}_scale{s}", dtype=d, scale=s)
         for d in (np.float32, np.float64)
         for s in (888.0, 3.0, 0.25)
     )
@@ -457,7 +455,7 @@ class FusedGatherVariantsTest(chex.TestCase):
 
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.named_parameters(
-        dict(testcase_name=f"{_name(d)}_{k}", dtype=d, shape_kind=k)
+        dict(testcase_name=f"{dtype_name(d)}_{k}", dtype=d, shape_kind=k)
         for d in FLOAT_DTYPES
         for k in ("flat", "rank2", "rank3")
     )
@@ -529,7 +527,7 @@ def test_no_tables_forward_returns_empty_list():
     assert jax.jit(lambda v: OP(v, [], []))(x) == []
 
 
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=_name)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_name)
 def test_eval_shape(dtype):
     offs = [jax.ShapeDtypeStruct((5,), jnp.int32), jax.ShapeDtypeStruct((0,), jnp.int32)]
     out = jax.eval_shape(
@@ -923,7 +921,7 @@ def test_grad_wrt_scale(use_jit):
     np.testing.assert_allclose(np.asarray(tangent), 2.0 * unscaled, rtol=1e-15, atol=0)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=_name)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=dtype_name)
 def test_traced_scale_under_jit(dtype):
     """A loss scale computed inside the step (a traced value), one compile for every scale."""
     fused, offsets, dims, grads = _random_case(22, 2, dtype, np.int32)

@@ -45,10 +45,15 @@ import jax_distops
 import oracle  # tests/oracle.py, importable through tests/conftest.py
 from testing import (  # tests/testing.py
     assert_array_bits_equal,
+    assert_unable_to_map,
+    batch_leaf,
+    dtype_name,
     id_pool,
     literal_params,
     random_floats,
+    rows_array,
     runtime_errors,
+    starts_with_op_names,
 )
 
 OP = jax_distops.gather_embeddings_by_input
@@ -58,10 +63,6 @@ GRAD_NAME = "gather_embeddings_by_ids_gradient_back_prop"
 FIELDS = ("output", "index_mapping")
 ID_DTYPES = (np.int32, np.int64, np.uint32, np.uint64)
 FLOAT_DTYPES = (np.float32, np.float64, jnp.bfloat16)
-
-
-def _name(dtype) -> str:
-    return np.dtype(dtype).name
 
 
 def assert_result_equal(got, want: oracle.GatherExpected, mapping_dtype=np.int64) -> None:
@@ -232,13 +233,9 @@ EXTRA_CASES = (
 LITERAL_CASES = SPEC_CASES + EXTRA_CASES
 
 
-def _rows(data, width, dtype) -> np.ndarray:
-    return np.array(data, dtype=dtype).reshape(len(data), width)
-
-
 def _literal_inputs(case: LiteralCase, id_dtype, dtype):
     ids = np.array(case.ids, dtype=id_dtype).reshape(len(case.ids))
-    embeddings = _rows(case.embeddings, case.width, dtype)
+    embeddings = rows_array(case.embeddings, case.width, dtype)
     inp = np.array(case.input, dtype=id_dtype).reshape(case.input_shape)
     return ids, embeddings, inp
 
@@ -289,7 +286,10 @@ _RANDOM_SPECS = (
 )
 RANDOM_CASES = tuple(
     RandomCase(
-        name=f"{k}_ids{_name(i)}_{_name(d)}_M{m}_shape{'x'.join(map(str, shape)) or 'scalar'}_D{w}",
+        name=(
+            f"{k}_ids{dtype_name(i)}_{dtype_name(d)}_M{m}"
+            f"_shape{'x'.join(map(str, shape)) or 'scalar'}_D{w}"
+        ),
         id_dtype=i,
         dtype=d,
         num_rows=m,
@@ -352,7 +352,7 @@ def test_oracle_matches_literal_vectors(case):
             len(case.ids), _literal_grads(case, np.float32), want.index_mapping
         )
         np.testing.assert_array_equal(
-            grads, _rows(case.grads_out, case.width, np.float32), strict=True
+            grads, rows_array(case.grads_out, case.width, np.float32), strict=True
         )
 
 
@@ -395,11 +395,12 @@ class GatherEmbeddingsByInputVariantsTest(chex.TestCase):
     def test_gradient_op_literal_vectors(self, case, id_dtype, dtype):
         ids, _, _ = _literal_inputs(case, id_dtype, dtype)
         mapping = _literal_expected(case, dtype).index_mapping
-        want = _rows(case.grads_out, case.width, dtype)
+        want = rows_array(case.grads_out, case.width, dtype)
         for mapping_dtype in (np.int64, np.int32):
             fn = self.variant(GRAD_OP)
             got = fn(ids, _literal_grads(case, dtype), mapping.astype(mapping_dtype))
-            assert_array_bits_equal(got, want, f"gradient, index_mapping {_name(mapping_dtype)}")
+            what = f"gradient, index_mapping {dtype_name(mapping_dtype)}"
+            assert_array_bits_equal(got, want, what)
 
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.named_parameters(
@@ -416,11 +417,11 @@ class GatherEmbeddingsByInputVariantsTest(chex.TestCase):
             return jnp.sum((weights * OP(ids, e, inp).output).astype(jnp.float32))
 
         got = self.variant(jax.grad(loss))(embeddings)
-        assert_array_bits_equal(got, _rows(case.grads_out, case.width, dtype), "grad")
+        assert_array_bits_equal(got, rows_array(case.grads_out, case.width, dtype), "grad")
 
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.named_parameters(
-        dict(testcase_name=_name(d), dtype=d, id_dtype=i)
+        dict(testcase_name=dtype_name(d), dtype=d, id_dtype=i)
         for d, i in zip(FLOAT_DTYPES, (np.int64, np.uint32, np.int32))
     )
     def test_spec_gradient_vector_through_grad(self, dtype, id_dtype):
@@ -439,7 +440,7 @@ class GatherEmbeddingsByInputVariantsTest(chex.TestCase):
 
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.named_parameters(
-        dict(testcase_name=f"{_name(d)}_mapping{_name(m)}", dtype=d, mapping_dtype=m)
+        dict(testcase_name=f"{dtype_name(d)}_mapping{dtype_name(m)}", dtype=d, mapping_dtype=m)
         for d, m in zip(FLOAT_DTYPES, (np.int64, np.int32, np.int64))
     )
     def test_spec_gradient_back_prop_vector(self, dtype, mapping_dtype):
@@ -555,7 +556,7 @@ def test_large_gradient_vs_oracle():
     assert_array_bits_equal(vjp_fn(grads)[0], want, "vjp")
 
 
-@pytest.mark.parametrize("dtype", [jnp.bfloat16, np.float32], ids=_name)
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, np.float32], ids=dtype_name)
 def test_gradient_heavy_duplicates_vs_oracle(dtype):
     """20,000 gradient rows onto 5 rows: bfloat16 must sum in float32 and round once; float32
     must sum in ascending order (wide magnitudes make every other order differ in the bits)."""
@@ -566,7 +567,7 @@ def test_gradient_heavy_duplicates_vs_oracle(dtype):
     assert_array_bits_equal(GRAD_OP(np.arange(5, dtype=np.int32), grads, mapping), want, "grad")
 
 
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=_name)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_name)
 def test_eval_shape(dtype):
     out = jax.eval_shape(
         OP,
@@ -591,11 +592,11 @@ def test_eval_shape(dtype):
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("id_dtype", [np.int32, np.uint32], ids=_name)
+@pytest.mark.parametrize("id_dtype", [np.int32, np.uint32], ids=dtype_name)
 def test_x64_off_32_bit_ids_and_int32_mapping(id_dtype):
     case = EXTRA_CASES[0]  # duplicates_first_wins_rank2
     want = _literal_expected(case, np.float32)
-    want_grad = _rows(case.grads_out, case.width, np.float32)
+    want_grad = rows_array(case.grads_out, case.width, np.float32)
     with jax.enable_x64(False):
         ids, embeddings, inp = _literal_inputs(case, id_dtype, np.float32)
         for fn in (OP, jax.jit(OP)):
@@ -609,13 +610,13 @@ def test_x64_off_32_bit_ids_and_int32_mapping(id_dtype):
         assert out.index_mapping.dtype == np.int32
 
 
-@pytest.mark.parametrize("id_dtype", [np.int64, np.uint64], ids=_name)
+@pytest.mark.parametrize("id_dtype", [np.int64, np.uint64], ids=dtype_name)
 def test_x64_off_rejects_64_bit_numpy_ids(id_dtype):
     """JAX would silently truncate 2**32 + 1 to 1 with x64 off; the op refuses 64-bit numpy ids."""
     ids, inp = np.array([1, 2**32 + 1], id_dtype), np.array([2**32 + 1], id_dtype)
     embeddings = np.zeros((2, 2), np.float32)
     with jax.enable_x64(False):
-        with pytest.raises(TypeError, match=_starts_with_op_names(OP_NAME, "ids", "input")):
+        with pytest.raises(TypeError, match=starts_with_op_names(OP_NAME, "ids", "input")):
             OP(ids, embeddings, inp)
         with pytest.raises(TypeError, match=r"(?s).*(x64|64-bit|64 bit)"):
             OP(ids, embeddings, inp)
@@ -656,13 +657,6 @@ def _vmap_examples(id_dtype, dtype, seed, special=True):
     return ids, embs, inputs
 
 
-def _batch_leaf(per_example: list, axis, fixed: int):
-    """(batched argument, the per-example values the loop sees)."""
-    if axis is None:
-        return per_example[fixed], [per_example[fixed]] * _B
-    return np.stack(per_example, axis=axis), list(per_example)
-
-
 def _stack_expected(expected) -> oracle.GatherExpected:
     return oracle.GatherExpected(*[np.stack(fields) for fields in zip(*expected)])
 
@@ -677,9 +671,9 @@ def _stack_expected(expected) -> oracle.GatherExpected:
 def test_vmap_matches_loop(mode, id_dtype, dtype, use_multi_threads, use_jit):
     ids_axis, embs_axis, input_axis, axis_size = _VMAP_MODES[mode]
     ids, embs, inputs = _vmap_examples(id_dtype, dtype, seed=len(mode))
-    ids_arg, ids_ex = _batch_leaf(ids, ids_axis, fixed=1)
-    embs_arg, embs_ex = _batch_leaf(embs, embs_axis, fixed=2)
-    input_arg, input_ex = _batch_leaf(inputs, input_axis, fixed=0)
+    ids_arg, ids_ex = batch_leaf(ids, ids_axis, fixed=1)
+    embs_arg, embs_ex = batch_leaf(embs, embs_axis, fixed=2)
+    input_arg, input_ex = batch_leaf(inputs, input_axis, fixed=0)
     batched = jax.vmap(
         functools.partial(OP, use_multi_threads=use_multi_threads),
         in_axes=(ids_axis, embs_axis, input_axis),
@@ -705,7 +699,7 @@ _VMAP_GRAD_MODES = {
 
 
 @pytest.mark.parametrize("use_jit", [False, True], ids=["nojit", "jit"])
-@pytest.mark.parametrize("mapping_dtype", [np.int64, np.int32], ids=_name)
+@pytest.mark.parametrize("mapping_dtype", [np.int64, np.int32], ids=dtype_name)
 @pytest.mark.parametrize("mode", list(_VMAP_GRAD_MODES))
 def test_vmap_gradient_op_matches_loop(mode, mapping_dtype, use_jit):
     ids_axis, grads_axis, mapping_axis, axis_size = _VMAP_GRAD_MODES[mode]
@@ -715,9 +709,9 @@ def test_vmap_gradient_op_matches_loop(mode, mapping_dtype, use_jit):
         random_floats(rng, np.float32, _VMAP_INPUT + (_VMAP_D,), special=False) for _ in range(_B)
     ]
     mappings = [rng.integers(0, _VMAP_M, size=_VMAP_INPUT).astype(mapping_dtype) for _ in range(_B)]
-    ids_arg, _ = _batch_leaf(ids, ids_axis, fixed=2)
-    grads_arg, grads_ex = _batch_leaf(grads, grads_axis, fixed=1)
-    mapping_arg, mapping_ex = _batch_leaf(mappings, mapping_axis, fixed=0)
+    ids_arg, _ = batch_leaf(ids, ids_axis, fixed=2)
+    grads_arg, grads_ex = batch_leaf(grads, grads_axis, fixed=1)
+    mapping_arg, mapping_ex = batch_leaf(mappings, mapping_axis, fixed=0)
     batched = jax.vmap(GRAD_OP, in_axes=(ids_axis, grads_axis, mapping_axis), axis_size=axis_size)
     if use_jit:
         batched = jax.jit(batched)
@@ -761,8 +755,8 @@ def test_vmap_of_grad_matches_loop(tables_batched):
     rng = np.random.default_rng(4)
     weights = np.stack([rng.normal(size=_VMAP_INPUT + (_VMAP_D,)) for _ in range(_B)])
     t_axis = 0 if tables_batched else None
-    ids_arg, ids_ex = _batch_leaf(ids, t_axis, fixed=0)
-    embs_arg, embs_ex = _batch_leaf(embs, t_axis, fixed=0)
+    ids_arg, ids_ex = batch_leaf(ids, t_axis, fixed=0)
+    embs_arg, embs_ex = batch_leaf(embs, t_axis, fixed=0)
 
     def loss(i, e, x, w):
         return jnp.sum(w * OP(i, e, x).output)
@@ -916,12 +910,6 @@ def test_grad_of_grad(id_dtype, num_rows, input_shape, width, use_jit):
 # --------------------------------------------------------------------------------------------------
 
 
-def _starts_with_op_names(op: str, *args: str) -> str:
-    """Regex: the message starts with the op's name and then names (any of) the argument(s)."""
-    arg = "|".join(args)
-    return rf"^{op}(?![A-Za-z0-9_])(?s:.*)\b({arg})\b"
-
-
 def _call(use_jit, fn, *args, **kwargs):
     if use_jit:
         return jax.jit(functools.partial(fn, **kwargs))(*args)
@@ -978,7 +966,7 @@ def test_error_unmatched_embedding_dim(embeddings, rows, use_jit):
     ],
 )
 def test_error_trace_time(ids, embeddings, inp, error, args, use_jit):
-    with pytest.raises(error, match=_starts_with_op_names(OP_NAME, *args)):
+    with pytest.raises(error, match=starts_with_op_names(OP_NAME, *args)):
         _call(use_jit, OP, ids, embeddings, inp)
 
 
@@ -1015,14 +1003,8 @@ _GRADS = np.ones((2, 2, 5), np.float32)
     ],
 )
 def test_gradient_op_trace_time_errors(ids, grads, mapping, error, args, use_jit):
-    with pytest.raises(error, match=_starts_with_op_names(GRAD_NAME, *args)):
+    with pytest.raises(error, match=starts_with_op_names(GRAD_NAME, *args)):
         _call(use_jit, GRAD_OP, ids, grads, mapping)
-
-
-def _assert_unable_to_map(excinfo, value: int) -> None:
-    message = str(excinfo.value)
-    assert OP_NAME in message, message
-    assert re.search(rf"Unable to map id {re.escape(str(value))}(?!\d)", message), message
 
 
 # (ids, input, missing id): 2**32 + 5 and -(2**32) + 5 share their low 32 bits with 5.
@@ -1063,7 +1045,7 @@ def test_error_missing_id(ids, inp, missing, use_jit, use_multi_threads):
         res = _call(use_jit, OP, ids, _table_for(ids), inp, use_multi_threads=use_multi_threads)
         np.asarray(res.output)
         np.asarray(res.index_mapping)
-    _assert_unable_to_map(excinfo, missing)
+    assert_unable_to_map(excinfo, OP_NAME, missing)
 
 
 @pytest.mark.parametrize("use_multi_threads", [False, True], ids=["st", "mt"])
@@ -1079,7 +1061,7 @@ def test_error_missing_id_in_large_input(use_multi_threads):
     with pytest.raises(runtime_errors(True)) as excinfo:
         res = fn(ids, embeddings, inp)
         np.asarray(res.output)
-    _assert_unable_to_map(excinfo, missing)
+    assert_unable_to_map(excinfo, OP_NAME, missing)
 
 
 def _assert_mapping_error(excinfo, value: int) -> None:
@@ -1128,7 +1110,7 @@ def test_errors_under_vmap(use_jit):
     with pytest.raises(runtime_errors(use_jit)) as excinfo:
         res = fwd(ids, _table_for(ids), inp)
         np.asarray(res.output)
-    _assert_unable_to_map(excinfo, 2**40)
+    assert_unable_to_map(excinfo, OP_NAME, 2**40)
     # Batched ids, unbatched input: example 1's ids lack 3.
     batched_ids = np.array([[1, 2, 3], [1, 2, 4]], np.uint64)
     with pytest.raises(runtime_errors(True)) as excinfo:
@@ -1136,7 +1118,7 @@ def test_errors_under_vmap(use_jit):
             batched_ids, _table_for(ids), np.array([3, 1], np.uint64)
         )
         np.asarray(res.output)
-    _assert_unable_to_map(excinfo, 3)
+    assert_unable_to_map(excinfo, OP_NAME, 3)
     grad = jax.vmap(GRAD_OP, in_axes=(None, 0, 0))
     if use_jit:
         grad = jax.jit(grad)

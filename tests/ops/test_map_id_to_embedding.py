@@ -29,7 +29,6 @@ Requires `jax_enable_x64` (enabled globally by tests/conftest.py).
 
 import dataclasses
 import functools
-import re
 from typing import Optional, Tuple
 
 import chex
@@ -44,10 +43,15 @@ import jax_distops
 import oracle  # tests/oracle.py, importable through tests/conftest.py
 from testing import (  # tests/testing.py
     assert_array_bits_equal,
+    assert_unable_to_map,
+    batch_leaf,
+    dtype_name,
     id_pool,
     literal_params,
     random_floats,
+    rows_array,
     runtime_errors,
+    starts_with_op_names,
 )
 
 OP = jax_distops.map_id_to_embedding
@@ -56,10 +60,6 @@ OP_NAME = "map_id_to_embedding"
 GRAD_NAME = "map_id_to_embedding_gradient_back_prop"
 ID_DTYPES = (np.int32, np.int64, np.uint32, np.uint64)
 FLOAT_DTYPES = (np.float32, np.float64, jnp.bfloat16)
-
-
-def _name(dtype) -> str:
-    return np.dtype(dtype).name
 
 
 def assert_list_bits_equal(got, want: list, what: str) -> None:
@@ -240,13 +240,9 @@ EXTRA_CASES = (
 LITERAL_CASES = SPEC_CASES + EXTRA_CASES
 
 
-def _rows(data, width, dtype) -> np.ndarray:
-    return np.array(data, dtype=dtype).reshape(len(data), width)
-
-
 def _literal_inputs(case: LiteralCase, id_dtype, dtype):
     ids_list = [np.array(t, dtype=id_dtype).reshape(len(t)) for t in case.ids_list]
-    embeddings_list = [_rows(e, case.width, dtype) for e in case.embeddings_list]
+    embeddings_list = [rows_array(e, case.width, dtype) for e in case.embeddings_list]
     inp = np.array(case.input, dtype=id_dtype).reshape(case.input_shape)
     return ids_list, embeddings_list, inp
 
@@ -260,7 +256,7 @@ def _literal_grads(case: LiteralCase, dtype) -> np.ndarray:
 
 
 def _literal_grads_out(case: LiteralCase, dtype) -> list:
-    return [_rows(g, case.width, dtype) for g in case.grads_out]
+    return [rows_array(g, case.width, dtype) for g in case.grads_out]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -298,7 +294,10 @@ _RANDOM_SPECS = (
 )
 RANDOM_CASES = tuple(
     RandomCase(
-        name=f"{k}_ids{_name(i)}_{_name(d)}_S{s}_shape{'x'.join(map(str, shape)) or 'scalar'}_D{w}",
+        name=(
+            f"{k}_ids{dtype_name(i)}_{dtype_name(d)}_S{s}"
+            f"_shape{'x'.join(map(str, shape)) or 'scalar'}_D{w}"
+        ),
         id_dtype=i,
         dtype=d,
         num_tables=s,
@@ -426,7 +425,7 @@ class MapIdToEmbeddingVariantsTest(chex.TestCase):
 
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.named_parameters(
-        dict(testcase_name=_name(d), dtype=d, id_dtype=i)
+        dict(testcase_name=dtype_name(d), dtype=d, id_dtype=i)
         for d, i in zip(FLOAT_DTYPES, (np.int64, np.uint32, np.int32))
     )
     def test_spec_gradient_vector_through_grad(self, dtype, id_dtype):
@@ -588,7 +587,7 @@ def test_large_vmap_vs_oracle(ids_batched):
         assert_array_bits_equal(got[b], want, f"batch element {b}")
 
 
-@pytest.mark.parametrize("dtype", [jnp.bfloat16, np.float32], ids=_name)
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, np.float32], ids=dtype_name)
 def test_gradient_heavy_duplicates_vs_oracle(dtype):
     """20,000 gradient rows onto 7 ids: bfloat16 must sum in float32 and round once; float32 must
     sum in ascending input order (wide magnitudes make every other order differ in the bits)."""
@@ -603,7 +602,7 @@ def test_gradient_heavy_duplicates_vs_oracle(dtype):
     assert_list_bits_equal(vjp_fn(grads)[0], want, "vjp")
 
 
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=_name)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_name)
 def test_eval_shape(dtype):
     out = jax.eval_shape(
         OP,
@@ -628,7 +627,7 @@ def test_eval_shape(dtype):
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("id_dtype", [np.int32, np.uint32], ids=_name)
+@pytest.mark.parametrize("id_dtype", [np.int32, np.uint32], ids=dtype_name)
 def test_x64_off_accepts_32_bit_ids(id_dtype):
     case = EXTRA_CASES[0]  # duplicates_first_wins
     with jax.enable_x64(False):
@@ -647,19 +646,19 @@ def test_x64_off_accepts_32_bit_ids(id_dtype):
         assert_list_bits_equal(got, _literal_grads_out(case, np.float32), "grad")
 
 
-@pytest.mark.parametrize("id_dtype", [np.int64, np.uint64], ids=_name)
+@pytest.mark.parametrize("id_dtype", [np.int64, np.uint64], ids=dtype_name)
 def test_x64_off_rejects_64_bit_numpy_ids(id_dtype):
     """JAX would silently truncate 2**32 + 1 to 1 with x64 off; the ops refuse 64-bit numpy ids."""
     wide_ids, wide_input = np.array([1, 2**32 + 1], id_dtype), np.array([2**32 + 1], id_dtype)
     embeddings_list = [np.zeros((2, 2), np.float32)]
     x64_error = r"(?s).*(x64|64-bit|64 bit)"
     with jax.enable_x64(False):
-        with pytest.raises(TypeError, match=_starts_with_op_names(OP_NAME, "ids_list", "input")):
+        with pytest.raises(TypeError, match=starts_with_op_names(OP_NAME, "ids_list", "input")):
             OP([wide_ids], embeddings_list, wide_input)
         with pytest.raises(TypeError, match=x64_error):
             OP([wide_ids], embeddings_list, wide_input)
         grads = np.zeros((1, 2), np.float32)
-        with pytest.raises(TypeError, match=_starts_with_op_names(GRAD_NAME, "ids_list", "input")):
+        with pytest.raises(TypeError, match=starts_with_op_names(GRAD_NAME, "ids_list", "input")):
             GRAD_OP([wide_ids], wide_input, grads)
         with pytest.raises(TypeError, match=x64_error):
             GRAD_OP([wide_ids], wide_input, grads)
@@ -709,18 +708,11 @@ def _vmap_examples(id_dtype, dtype, seed, width=_VMAP_D, special=True):
     return ids, embs, inputs
 
 
-def _batch_leaf(per_example: list, axis, fixed: int):
-    """(batched argument, the per-example values the loop sees)."""
-    if axis is None:
-        return per_example[fixed], [per_example[fixed]] * _B
-    return np.stack(per_example, axis=axis), list(per_example)
-
-
 def _batch_tables(per_example: list, axes: list, fixed: int):
     """per_example[b][s] -> (list of batched tables, per-example lists of tables)."""
     batched, seen = [], []
     for s, axis in enumerate(axes):
-        arg, values = _batch_leaf([tables[s] for tables in per_example], axis, fixed)
+        arg, values = batch_leaf([tables[s] for tables in per_example], axis, fixed)
         batched.append(arg)
         seen.append(values)
     return batched, [[seen[s][b] for s in range(len(axes))] for b in range(_B)]
@@ -738,7 +730,7 @@ def test_vmap_matches_loop(mode, id_dtype, dtype, use_jit):
     ids, embs, inputs = _vmap_examples(id_dtype, dtype, seed=len(mode))
     ids_arg, ids_ex = _batch_tables(ids, ids_axes, fixed=1)
     embs_arg, embs_ex = _batch_tables(embs, embs_axes, fixed=2)
-    input_arg, input_ex = _batch_leaf(inputs, input_axis, fixed=0)
+    input_arg, input_ex = batch_leaf(inputs, input_axis, fixed=0)
     batched = jax.vmap(
         lambda i, e, x: OP(i, e, x, use_multi_threads=False),
         in_axes=(ids_axes, embs_axes, input_axis),
@@ -773,8 +765,8 @@ def test_vmap_gradient_op_matches_loop(mode, use_jit):
         random_floats(rng, np.float32, _VMAP_INPUT + (_VMAP_D,), special=False) for _ in range(_B)
     ]
     ids_arg, ids_ex = _batch_tables(ids, ids_axes, fixed=2)
-    input_arg, input_ex = _batch_leaf(inputs, input_axis, fixed=1)
-    grads_arg, grads_ex = _batch_leaf(grads, grads_axis, fixed=0)
+    input_arg, input_ex = batch_leaf(inputs, input_axis, fixed=1)
+    grads_arg, grads_ex = batch_leaf(grads, grads_axis, fixed=0)
     batched = jax.vmap(GRAD_OP, in_axes=(ids_axes, input_axis, grads_axis), axis_size=axis_size)
     if use_jit:
         batched = jax.jit(batched)
@@ -960,12 +952,6 @@ def test_grad_of_grad(id_dtype, sizes, input_shape, width, use_jit):
 # --------------------------------------------------------------------------------------------------
 
 
-def _starts_with_op_names(op: str, *args: str) -> str:
-    """Regex: the message starts with the op's name and then names (any of) the argument(s)."""
-    arg = "|".join(args)
-    return rf"^{op}(?![A-Za-z0-9_])(?s:.*)\b({arg})\b"
-
-
 _IDS = [np.array([1, 2], np.int64), np.array([3], np.int64)]
 _EMBS = [np.zeros((2, 2), np.float32), np.ones((1, 2), np.float32)]
 _INPUT = np.array([3, 1, 2], np.int64)
@@ -1015,7 +1001,7 @@ def test_error_list_lengths_differ(use_jit):
     ],
 )
 def test_error_value(ids_list, embeddings_list, inp, args, use_jit):
-    with pytest.raises(ValueError, match=_starts_with_op_names(OP_NAME, *args)):
+    with pytest.raises(ValueError, match=starts_with_op_names(OP_NAME, *args)):
         _call(use_jit, OP, ids_list, embeddings_list, inp)
 
 
@@ -1046,7 +1032,7 @@ def test_error_value(ids_list, embeddings_list, inp, args, use_jit):
     ],
 )
 def test_error_type(ids_list, embeddings_list, inp, args, use_jit):
-    with pytest.raises(TypeError, match=_starts_with_op_names(OP_NAME, *args)):
+    with pytest.raises(TypeError, match=starts_with_op_names(OP_NAME, *args)):
         _call(use_jit, OP, ids_list, embeddings_list, inp)
 
 
@@ -1080,14 +1066,8 @@ _GRADS = np.ones((3, 2), np.float32)
     ],
 )
 def test_gradient_op_errors(ids_list, inp, grads, error, args, use_jit):
-    with pytest.raises(error, match=_starts_with_op_names(GRAD_NAME, *args)):
+    with pytest.raises(error, match=starts_with_op_names(GRAD_NAME, *args)):
         _call(use_jit, GRAD_OP, ids_list, inp, grads)
-
-
-def _assert_unable_to_map(excinfo, op: str, value: int) -> None:
-    message = str(excinfo.value)
-    assert op in message, message
-    assert re.search(rf"Unable to map id {re.escape(str(value))}(?!\d)", message), message
 
 
 # (ids_list, input, missing id): 2**32 + 5 and -(2**32) + 5 share their low 32 bits with 5.
@@ -1136,7 +1116,7 @@ def test_error_missing_id(ids_list, inp, missing, use_jit, use_multi_threads):
             use_jit, OP, ids_list, _tables_for(ids_list), inp, use_multi_threads=use_multi_threads
         )
         np.asarray(out)
-    _assert_unable_to_map(excinfo, OP_NAME, missing)
+    assert_unable_to_map(excinfo, OP_NAME, missing)
 
 
 @pytest.mark.parametrize("use_jit", [False, True], ids=["nojit", "jit"])
@@ -1146,7 +1126,7 @@ def test_gradient_op_error_missing_id(ids_list, inp, missing, use_jit):
     with pytest.raises(runtime_errors(use_jit)) as excinfo:
         out = _call(use_jit, GRAD_OP, ids_list, inp, grads)
         [np.asarray(o) for o in out]
-    _assert_unable_to_map(excinfo, GRAD_NAME, missing)
+    assert_unable_to_map(excinfo, GRAD_NAME, missing)
 
 
 @pytest.mark.parametrize("use_multi_threads", [True, False], ids=["mt", "st"])
@@ -1161,7 +1141,7 @@ def test_error_missing_id_in_large_input(use_multi_threads):
     fn = jax.jit(functools.partial(OP, use_multi_threads=use_multi_threads))
     with pytest.raises(runtime_errors(True)) as excinfo:
         np.asarray(fn(ids_list, embeddings_list, inp))
-    _assert_unable_to_map(excinfo, OP_NAME, missing)
+    assert_unable_to_map(excinfo, OP_NAME, missing)
 
 
 @pytest.mark.parametrize("use_jit", [False, True], ids=["nojit", "jit"])
@@ -1174,7 +1154,7 @@ def test_error_missing_id_under_vmap(use_jit):
         fwd = jax.jit(fwd)
     with pytest.raises(runtime_errors(use_jit)) as excinfo:
         np.asarray(fwd(ids_list, _tables_for(ids_list), inp))
-    _assert_unable_to_map(excinfo, OP_NAME, 2**40)
+    assert_unable_to_map(excinfo, OP_NAME, 2**40)
     # Batched tables, too: example 1's tables lack 3.
     batched_ids = [np.array([[1, 2], [1, 2]], np.uint64), np.array([[3], [4]], np.uint64)]
     with pytest.raises(runtime_errors(True)) as excinfo:
@@ -1182,10 +1162,10 @@ def test_error_missing_id_under_vmap(use_jit):
             batched_ids, _tables_for(ids_list), np.array([3, 1], np.uint64)
         )
         np.asarray(out)
-    _assert_unable_to_map(excinfo, OP_NAME, 3)
+    assert_unable_to_map(excinfo, OP_NAME, 3)
     grad = jax.vmap(GRAD_OP, in_axes=(None, 0, 0))
     if use_jit:
         grad = jax.jit(grad)
     with pytest.raises(runtime_errors(use_jit)) as excinfo:
         [np.asarray(o) for o in grad(ids_list, inp, np.ones((2, 3, 2), np.float32))]
-    _assert_unable_to_map(excinfo, GRAD_NAME, 2**40)
+    assert_unable_to_map(excinfo, GRAD_NAME, 2**40)

@@ -37,7 +37,7 @@ import jax_distops
 from jax_distops import Ragged
 
 import oracle  # tests/oracle.py, importable through tests/conftest.py
-from testing import assert_array_bits_equal, bits, runtime_errors  # tests/testing.py
+from testing import assert_array_bits_equal, bits, dtype_name, runtime_errors  # tests/testing.py
 
 OP = jax_distops.ragged_split_by_indices
 FIELDS = ("values", "positions", "row_splits")
@@ -45,10 +45,6 @@ INDEX_DTYPES = (np.int32, np.int64)  # for `indices` and for `num.row_splits`
 VALUE_DTYPES = (np.int32, np.int64, np.uint32, np.uint64, np.float32, np.float64)
 FLOAT_DTYPES = (np.float32, np.float64)
 NAN = float("nan")
-
-
-def _name(dtype) -> str:
-    return np.dtype(dtype).name
 
 
 # --------------------------------------------------------------------------------------------------
@@ -259,8 +255,8 @@ def _literal_params(cases=LITERAL_CASES):
             params.append(
                 dict(
                     testcase_name=(
-                        f"{case.name}_{_name(dtype)}_idx{_name(index_dtype)}"
-                        f"_rs{_name(splits_dtype)}"
+                        f"{case.name}_{dtype_name(dtype)}_idx{dtype_name(index_dtype)}"
+                        f"_rs{dtype_name(splits_dtype)}"
                     ),
                     case=case,
                     dtype=dtype,
@@ -345,7 +341,8 @@ def _random_params():
         params.append(
             dict(
                 testcase_name=(
-                    f"S{num_splits}_{_name(dtype)}_idx{_name(index_dtype)}_rs{_name(splits_dtype)}"
+                    f"S{num_splits}_{dtype_name(dtype)}_idx{dtype_name(index_dtype)}"
+                    f"_rs{dtype_name(splits_dtype)}"
                 ),
                 seed=seed,
                 num_splits=num_splits,
@@ -376,7 +373,7 @@ SPECIAL_CASES = (
 
 @pytest.mark.parametrize(
     "case, dtype",
-    [pytest.param(c, d, id=f"{c.name}-{_name(d)}") for c in LITERAL_CASES for d in c.dtypes],
+    [pytest.param(c, d, id=f"{c.name}-{dtype_name(d)}") for c in LITERAL_CASES for d in c.dtypes],
 )
 def test_oracle_matches_literal_vectors(case, dtype):
     indices, num = _literal_inputs(case, dtype, np.int64, np.int64)
@@ -479,8 +476,8 @@ def test_to_ragged_list_under_jit_raises():
         jax.jit(lambda i, n: OP(i, n, 2).to_ragged_list())(indices, num)
 
 
-@pytest.mark.parametrize("splits_dtype", INDEX_DTYPES, ids=_name)
-@pytest.mark.parametrize("dtype", VALUE_DTYPES, ids=_name)
+@pytest.mark.parametrize("splits_dtype", INDEX_DTYPES, ids=dtype_name)
+@pytest.mark.parametrize("dtype", VALUE_DTYPES, ids=dtype_name)
 def test_eval_shape(dtype, splits_dtype):
     out = jax.eval_shape(
         lambda i, n: OP(i, n, 6),
@@ -742,7 +739,7 @@ def test_error_index_out_of_range(indices, bad, use_jit):
 
 
 @pytest.mark.parametrize("use_jit", [False, True], ids=["nojit", "jit"])
-@pytest.mark.parametrize("splits_dtype", INDEX_DTYPES, ids=_name)
+@pytest.mark.parametrize("splits_dtype", INDEX_DTYPES, ids=dtype_name)
 @pytest.mark.parametrize(
     "row_splits",
     [(1, 2, 4), (0, 3, 2, 4), (0, 2, 3), (0, 2, 5), (0, 5, 4), (0,), (-1, 4)],

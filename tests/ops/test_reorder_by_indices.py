@@ -34,7 +34,7 @@ from absl.testing import parameterized
 import jax_distops
 
 import oracle  # tests/oracle.py, importable through tests/conftest.py
-from testing import assert_array_bits_equal, bits, runtime_errors  # tests/testing.py
+from testing import assert_array_bits_equal, bits, dtype_name, runtime_errors  # tests/testing.py
 
 OP = jax_distops.reorder_by_indices
 FIELDS = ("output", "shard_sizes", "num_unique")
@@ -43,10 +43,6 @@ INT_DTYPES = (np.int32, np.int64, np.uint32, np.uint64)
 FLOAT_DTYPES = (np.float32, np.float64)
 INPUT_DTYPES = INT_DTYPES + FLOAT_DTYPES
 NAN = float("nan")
-
-
-def _name(dtype) -> str:
-    return np.dtype(dtype).name
 
 
 # --------------------------------------------------------------------------------------------------
@@ -291,7 +287,9 @@ def _literal_params(cases=LITERAL_CASES):
             shard_id_dtype = SHARD_ID_DTYPES[k % 2]
             params.append(
                 dict(
-                    testcase_name=f"{case.name}_{_name(dtype)}_sid{_name(shard_id_dtype)}",
+                    testcase_name=(
+                        f"{case.name}_{dtype_name(dtype)}_sid{dtype_name(shard_id_dtype)}"
+                    ),
                     case=case,
                     dtype=dtype,
                     shard_id_dtype=shard_id_dtype,
@@ -373,7 +371,7 @@ def _random_params():
         shard_id_dtype = SHARD_ID_DTYPES[seed % 2]
         two_d = seed % 3 == 1
         rank = "2d" if two_d else "1d"
-        name = f"S{num_of_shards}_{_name(dtype)}_{rank}_sid{_name(shard_id_dtype)}"
+        name = f"S{num_of_shards}_{dtype_name(dtype)}_{rank}_sid{dtype_name(shard_id_dtype)}"
         params.append(
             dict(
                 testcase_name=name,
@@ -407,7 +405,7 @@ SPECIAL_CASES = (
 
 @pytest.mark.parametrize(
     "case, dtype",
-    [pytest.param(c, d, id=f"{c.name}-{_name(d)}") for c in LITERAL_CASES for d in c.dtypes],
+    [pytest.param(c, d, id=f"{c.name}-{dtype_name(d)}") for c in LITERAL_CASES for d in c.dtypes],
 )
 def test_oracle_matches_literal_vectors(case, dtype):
     rows, shard_ids = _literal_inputs(case, dtype, np.int32)
@@ -470,7 +468,7 @@ def test_large_vs_oracle(dtype, two_d, num_of_shards):
     assert_result_equal(res, oracle.reorder_by_indices(rows, shard_ids, num_of_shards))
 
 
-@pytest.mark.parametrize("dtype", INPUT_DTYPES, ids=_name)
+@pytest.mark.parametrize("dtype", INPUT_DTYPES, ids=dtype_name)
 @pytest.mark.parametrize("shape", [(9,), (9, 4)], ids=["1d", "2d"])
 def test_eval_shape(shape, dtype):
     out = jax.eval_shape(

@@ -37,7 +37,7 @@ from absl.testing import parameterized
 import jax_distops
 
 import oracle  # tests/oracle.py, importable through tests/conftest.py
-from testing import assert_array_bits_equal, runtime_errors  # tests/testing.py
+from testing import assert_array_bits_equal, dtype_name, runtime_errors  # tests/testing.py
 
 OP = jax_distops.split_by_indices
 GRAD_OP = jax_distops.split_by_indices_gradient
@@ -45,10 +45,6 @@ FIELDS = ("values", "split_sizes")
 INDEX_DTYPES = (np.int32, np.int64)
 VALUE_DTYPES = (np.float32, np.float64, jnp.bfloat16, np.int32, np.int64)
 FLOAT_DTYPES = (np.float32, np.float64, jnp.bfloat16)
-
-
-def _name(dtype) -> str:
-    return np.dtype(dtype).name
 
 
 # --------------------------------------------------------------------------------------------------
@@ -204,7 +200,7 @@ def _literal_params(cases=LITERAL_CASES):
             index_dtype = INDEX_DTYPES[k % 2]
             params.append(
                 dict(
-                    testcase_name=f"{case.name}_{_name(dtype)}_idx{_name(index_dtype)}",
+                    testcase_name=f"{case.name}_{dtype_name(dtype)}_idx{dtype_name(index_dtype)}",
                     case=case,
                     index_dtype=index_dtype,
                     dtype=dtype,
@@ -256,7 +252,7 @@ def _random_params():
         index_dtype = INDEX_DTYPES[seed % 2]
         row_shape = _ROW_SHAPES[seed % 3]
         rows = "x".join(map(str, row_shape)) or "scalar"
-        name = f"S{num_splits}_{_name(dtype)}_idx{_name(index_dtype)}_E{rows}"
+        name = f"S{num_splits}_{dtype_name(dtype)}_idx{dtype_name(index_dtype)}_E{rows}"
         params.append(
             dict(
                 testcase_name=name,
@@ -353,7 +349,7 @@ class SplitByIndicesVariantsTest(chex.TestCase):
 
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.named_parameters(
-        dict(testcase_name=_name(d), index_dtype=i, dtype=d)
+        dict(testcase_name=dtype_name(d), index_dtype=i, dtype=d)
         for i, d in zip((np.int64, np.int32, np.int64), FLOAT_DTYPES)
     )
     def test_gradient_op_spec_vectors(self, index_dtype, dtype):
@@ -387,7 +383,9 @@ class SplitByIndicesVariantsTest(chex.TestCase):
         assert_array_bits_equal(got, want, "gradient")
 
     @chex.variants(with_jit=True, without_jit=True)
-    @parameterized.named_parameters(dict(testcase_name=_name(d), dtype=d) for d in FLOAT_DTYPES)
+    @parameterized.named_parameters(
+        dict(testcase_name=dtype_name(d), dtype=d) for d in FLOAT_DTYPES
+    )
     def test_grad_spec_vectors(self, dtype):
         """Spec 1.6 through jax.grad: d sum(values) / d tensor = ones (also for N = 0)."""
         def loss(indices, tensor):
@@ -401,7 +399,7 @@ class SplitByIndicesVariantsTest(chex.TestCase):
 
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.named_parameters(
-        dict(testcase_name=f"S{s}_{_name(d)}", num_splits=s, dtype=d, seed=k)
+        dict(testcase_name=f"S{s}_{dtype_name(d)}", num_splits=s, dtype=d, seed=k)
         for k, (s, d) in enumerate(
             [(1, np.float32), (2, np.float64), (5, jnp.bfloat16), (64, np.float32), (5, np.float64)]
         )
@@ -472,7 +470,7 @@ def test_spec_multithread_workload():
         assert_array_bits_equal(piece, np.arange(s, 1000, 10, dtype=np.int64), f"split {s}")
 
 
-@pytest.mark.parametrize("dtype", VALUE_DTYPES, ids=_name)
+@pytest.mark.parametrize("dtype", VALUE_DTYPES, ids=dtype_name)
 def test_eval_shape(dtype):
     out = jax.eval_shape(
         lambda i, t: OP(i, t, 7),
