@@ -38,12 +38,17 @@ inline void CopyRow(void* dst, const void* src, size_t row_bytes) {
   std::memcpy(dst, src, kRowBytes > 0 ? kRowBytes : row_bytes);
 }
 
-// Prefetches the cache lines of a row (for reading, or for writing with kWrite). Always inlined:
-// GCC deems a function whose only effect is a prefetch pure and may delete calls to it.
+// Prefetches every cache line a row touches (for reading, or for writing with kWrite), the last
+// one included when the row does not start on a line (a 64-byte row at offset 32 spans two lines).
+// Always inlined: GCC deems a function whose only effect is a prefetch pure and may delete calls
+// to it.
 template <bool kWrite = false>
 __attribute__((always_inline)) inline void PrefetchRow(const void* row, size_t row_bytes) {
-  const char* p = static_cast<const char*>(row);
-  for (size_t line = 0; line < row_bytes; line += 64) __builtin_prefetch(p + line, kWrite ? 1 : 0);
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(row);
+  const uintptr_t last = (begin + row_bytes - 1) & ~uintptr_t{63};
+  for (uintptr_t line = begin & ~uintptr_t{63}; line <= last; line += 64) {
+    __builtin_prefetch(reinterpret_cast<const void*>(line), kWrite ? 1 : 0);
+  }
 }
 
 // Asks for transparent huge pages on the 2 MiB pages inside [p, p + bytes) of a large output buffer,
