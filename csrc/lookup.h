@@ -21,7 +21,8 @@ namespace jax_distops {
 // Ids (or rows) per task below which a lookup is not worth a task of its own.
 inline constexpr int64_t kLookupRowsPerTask = 1 << 14;
 // Source rows are prefetched this many rows ahead, and scatter-add targets this many rows ahead.
-inline constexpr int64_t kLookupPrefetch = 16;
+// (Gathering 1e6 rows of 64 bytes: 8.8-9.1 ms 16 ahead, 6.9-7.3 ms 32 ahead, about the same 64 ahead.)
+inline constexpr int64_t kLookupPrefetch = 32;
 inline constexpr int64_t kScatterPrefetch = 64;
 
 // Workers of a lookup call: the pool's threads, or only the calling thread when the user asked for
