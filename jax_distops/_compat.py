@@ -74,3 +74,42 @@ def is_tracer(x) -> bool:
 def zero_tangent(x):
     """A symbolic-zero tangent for primal ``x`` (``ad.Zero.from_primal_value`` is gone in jax 0.10)."""
     return ad.Zero(jax.typeof(x).to_tangent_aval())
+
+
+def varying_axes(x) -> frozenset:
+    """The ``shard_map`` mesh axes along which ``x`` varies; empty outside ``shard_map``.
+
+    jax >= 0.10 keeps them in ``aval.mat.varying``, earlier versions in ``aval.vma``.
+    """
+    try:
+        aval = jax.typeof(x)
+    except TypeError:  # not an array-like value
+        return frozenset()
+    mat = getattr(aval, "mat", None)
+    if mat is not None:
+        return frozenset(mat.varying)
+    return frozenset(getattr(aval, "vma", None) or ())
+
+
+def align_varying(args):
+    """``args`` with every operand cast to vary along the union of their ``shard_map`` axes.
+
+    A primitive's outputs get one varying-axes type, taken from an operand. When a varying operand
+    (say, per-device ids) meets an invariant one (a replicated table), the invariant one must be
+    cast first (``pcast``, whose transpose sums the cotangent over the axes); otherwise the output
+    is typed invariant and ``jax.grad`` inside ``shard_map`` returns wrong gradients for the
+    replicated operand. Outside ``shard_map`` this returns ``args`` unchanged.
+    """
+    axes = [varying_axes(a) for a in args]
+    union = frozenset().union(*axes)
+    if not union:
+        return args
+    cast = jax.lax.pcast if hasattr(jax.lax, "pcast") else None
+    out = []
+    for a, have in zip(args, axes):
+        missing = tuple(sorted(union - have))
+        if missing:
+            a = cast(a, missing, to="varying") if cast else jax.lax.pvary(a, missing)
+        out.append(a)
+    return tuple(out)
+

@@ -4,6 +4,8 @@ Every jax_distops op is a primitive whose operands have a fixed *core* rank (e.g
 any dimensions in front of the core are batch dimensions, and the FFI handler loops over them (in
 parallel) in a single custom call. That convention gives every op the same pieces, built here once:
 
+* bind: operands are first cast to vary along the same ``shard_map`` axes (a replicated table next
+  to per-device ids), so outputs are typed varying and gradients of replicated operands are summed;
 * abstract eval: the op describes its core outputs; the helper strips and re-adds the batch
   dimensions and derives the output avals from an operand's aval with ``.update`` (keeping
   shard_map's varying-axes type);
@@ -35,9 +37,19 @@ CoreAval = tuple[tuple[int, ...], Any]
 _PLATFORMS = ("cpu", "cuda", "rocm")
 
 
+class _Primitive(Primitive):
+    """A primitive whose operands are first made to vary along the same ``shard_map`` axes
+    (:func:`_compat.align_varying`): its outputs then carry the right varying-axes type, and the
+    gradient of an operand replicated across devices is summed over them. Every bind goes
+    through here, including those of the JVP, transpose and batching rules."""
+
+    def bind(self, *args, **params):
+        return super().bind(*_compat.align_varying(args), **params)
+
+
 def new_primitive(op: str, *, multiple_results: bool = True) -> Primitive:
     """Creates the primitive of ``op`` (registered later by :func:`register_primitive`)."""
-    prim = Primitive(op)
+    prim = _Primitive(op)
     prim.multiple_results = multiple_results
     return prim
 

@@ -1,4 +1,5 @@
-"""Test configuration: 64-bit ids on, and the gpu / multidevice / slow markers.
+"""Test configuration: 64-bit ids on, four simulated CPU devices, and the gpu / multidevice / slow
+markers.
 
 * ``jax_enable_x64`` is on for the whole suite (int64/uint64 ids, float64 gradient checks); tests of
   the x64-off behaviour use ``with jax.enable_x64(False):``.
@@ -12,8 +13,16 @@ from __future__ import annotations
 import os
 import sys
 
-import jax
-import pytest
+# Four simulated CPU devices for the shard_map tests (tests/test_shard_map.py). XLA reads the flag
+# when its CPU backend starts, so it is set before jax is imported; a device count already in
+# XLA_FLAGS is kept. Single-device tests are unaffected: they run on the default device.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    ).strip()
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
