@@ -100,6 +100,8 @@ def align_varying(args):
     is typed invariant and ``jax.grad`` inside ``shard_map`` returns wrong gradients for the
     replicated operand. Outside ``shard_map`` this returns ``args`` unchanged.
     """
+    if not any(isinstance(a, jax.core.Tracer) for a in args):
+        return args  # concrete arrays never vary (and eager calls skip the type queries)
     axes = [varying_axes(a) for a in args]
     union = frozenset().union(*axes)
     if not union:
