@@ -14,7 +14,8 @@ parallel) in a single custom call. That convention gives every op the same piece
   op's typed attributes; platforms without a kernel raise an error that says what to do;
 * batching (vmap): move the mapped axis to the front, broadcast operands so that each is either
   fully batched or not batched at all, and bind the same primitive again -- one custom call per batch;
-* JVP / transpose when the op gives them; ops with only integer outputs get symbolic-zero tangents.
+* JVP / transpose when the op gives them (a transpose's cotangent for an operand shared by a vmapped
+  batch is summed over the batch here); ops with only integer outputs get symbolic-zero tangents.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def register_primitive(
     elif not differentiable:
         ad.primitive_jvps[prim] = functools.partial(_zero_jvp, prim)
     if transpose is not None:
-        ad.primitive_transposes[prim] = transpose
+        ad.primitive_transposes[prim] = functools.partial(_shared_operand_transpose, transpose)
 
 
 def batch_shape(op: str, avals: Sequence[Any], core_ndims: Sequence[int]) -> tuple[int, ...]:
@@ -167,6 +168,22 @@ def _batching_rule(prim, in_core_ndims, args, dims, /, **params):
     if prim.multiple_results:
         return outs, [0] * len(outs)
     return outs, 0
+
+
+def _shared_operand_transpose(transpose, cts, /, *operands, **params):
+    # An operand that the batching rule left shared by the whole batch (vmap with in_axes=None: it
+    # has no batch dims, e.g. the parameters of a per-example model) fed every batch element, so
+    # its cotangent is the sum of theirs: the op's transpose returns one per batch element, summed
+    # here over the leading batch dims (the transpose of the broadcast the kernel did implicitly).
+    out = transpose(cts, *operands, **params)
+    summed = []
+    for ct, x in zip(out, operands, strict=True):
+        if ad.is_undefined_primal(x) and ct is not None and type(ct) is not ad.Zero:
+            extra = ct.ndim - x.aval.ndim
+            if extra > 0:
+                ct = jnp.sum(ct, axis=tuple(range(extra)), dtype=ct.dtype)
+        summed.append(ct)
+    return summed
 
 
 def _zero_jvp(prim, primals, tangents, /, **params):

@@ -141,6 +141,36 @@ def test_gather_embeddings_by_input_replicated_table(mesh):
     )
 
 
+def test_vmap_inside_shard_map(mesh):
+    """vmap's batching rule binds the op again, with the replicated table unbatched next to
+    batched per-device ids: the one custom call per batch must still see aligned operands."""
+    D = mesh.size
+    rng = np.random.default_rng(6)
+    ids = np.array([3, 8, -2, 5], np.int64)
+    embeddings = _quarters(rng, (4, 2))
+    inputs = rng.choice(ids, size=(D * 2, 5))  # each device: a batch of 2 rows of 5 ids
+    upstream = _quarters(rng, (D * 2, 5, 2))
+
+    def loss(e, x, g):
+        def per_device(e, x, g):
+            gather = jax.vmap(
+                lambda row: jax_distops.gather_embeddings_by_input(ids, e, row).output
+            )
+            return jax.lax.psum(jnp.sum(gather(x) * g), AXIS)
+
+        return jax.shard_map(
+            per_device, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)), out_specs=P()
+        )(e, x, g)
+
+    want = oracle.gather_embeddings_by_input(ids, embeddings, inputs.reshape(-1))
+    want_grad = oracle.gather_embeddings_by_ids_gradient(
+        len(ids), upstream.reshape(-1, 2), want.index_mapping
+    )
+    value, grad = jax.jit(jax.value_and_grad(loss))(embeddings, inputs, upstream)
+    assert_array_bits_equal(value, np.sum(want.output * upstream.reshape(-1, 2)), "loss")
+    assert_array_bits_equal(grad, want_grad, "d loss / d embeddings")
+
+
 def test_fused_gather_per_device_buffers_and_replicated_scale(mesh):
     D = mesh.size
     rng = np.random.default_rng(3)

@@ -231,13 +231,19 @@ def _gradient_transpose(ct, scale, *tables, dims, size):
         one = jnp.ones((), scale.aval.dtype)
         unscaled = fused_gather_gradient_p.bind(one, *grads, *offsets, dims=dims, size=size)
         acc = scale.aval.dtype
-        ct_scale = jnp.sum(ct.astype(acc) * unscaled.astype(acc))
+        # Per batch element (a vmapped scale has the batch dims; a shared one gets the sum over
+        # them from register_primitive's transpose wrapper).
+        ct_scale = jnp.sum(ct.astype(acc) * unscaled.astype(acc), axis=-1)
         return [ct_scale] + [None] * (2 * num_tables)
     linear = [ad.is_undefined_primal(g) for g in grads]  # tables not differentiated get None
     if type(ct) is ad.Zero:
         return [None] + [ad.Zero(g.aval) if u else None for g, u in zip(grads, linear)] + none
     rows = fused_gather_p.bind(ct, *offsets, dims=dims)
-    ct_grads = [(r * scale).astype(g.aval.dtype) if u else None for r, g, u in zip(rows, grads, linear)]
+    scale_rows = scale[..., None, None]  # [*batch, 1, 1] against the rows [*batch, L, dim]
+    ct_grads = [
+        (r * scale_rows).astype(g.aval.dtype) if u else None
+        for r, g, u in zip(rows, grads, linear)
+    ]
     return [None] + ct_grads + none
 
 
