@@ -180,8 +180,10 @@ def _shared_operand_transpose(transpose, cts, /, *operands, **params):
     for ct, x in zip(out, operands, strict=True):
         if ad.is_undefined_primal(x) and ct is not None and type(ct) is not ad.Zero:
             extra = ct.ndim - x.aval.ndim
-            if extra > 0:
-                ct = jnp.sum(ct, axis=tuple(range(extra)), dtype=ct.dtype)
+            if extra > 0:  # bfloat16 summed in float32 and rounded once, as the kernels do
+                narrow = jnp.issubdtype(ct.dtype, jnp.floating) and jnp.finfo(ct.dtype).bits < 32
+                acc = jnp.float32 if narrow else ct.dtype
+                ct = jnp.sum(ct, axis=tuple(range(extra)), dtype=acc).astype(ct.dtype)
         summed.append(ct)
     return summed
 

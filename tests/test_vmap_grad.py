@@ -71,12 +71,13 @@ def test_map_id_to_embedding_gradient_shared_grads(use_jit):
 
 
 @JIT
-def test_gather_embeddings_by_input_shared_embeddings(use_jit):
+@pytest.mark.parametrize("dtype", [np.float32, jnp.bfloat16, np.float64], ids=lambda d: np.dtype(d).name)
+def test_gather_embeddings_by_input_shared_embeddings(use_jit, dtype):
     rng = np.random.default_rng(2)
     ids = np.array([30, -4, 8, 30, 1], np.int64)
-    embeddings = _quarters(rng, (5, 2))
+    embeddings = _quarters(rng, (5, 2)).astype(dtype)
     inputs = rng.choice(ids, size=(B, 6))
-    w = _quarters(rng, (B, 6, 2))
+    w = _quarters(rng, (B, 6, 2)).astype(dtype)
 
     def loss(e):
         out = jax.vmap(lambda x: jax_distops.gather_embeddings_by_input(ids, e, x).output)(inputs)
