@@ -71,7 +71,9 @@ def test_map_id_to_embedding_gradient_shared_grads(use_jit):
 
 
 @JIT
-@pytest.mark.parametrize("dtype", [np.float32, jnp.bfloat16, np.float64], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize(
+    "dtype", [np.float32, jnp.bfloat16, np.float64], ids=lambda d: np.dtype(d).name
+)
 def test_gather_embeddings_by_input_shared_embeddings(use_jit, dtype):
     rng = np.random.default_rng(2)
     ids = np.array([30, -4, 8, 30, 1], np.int64)
