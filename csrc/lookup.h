@@ -319,7 +319,7 @@ struct Chunks {
   int64_t per_batch, size;
   Chunks(int64_t batch, int64_t n, int64_t workers) {
     per_batch = 1;
-    if (workers > 1 && batch < 4 * workers) {
+    if (workers > 1 && batch > 0 && batch < 4 * workers) {  // (batch 0: no tasks at all)
       per_batch = std::max<int64_t>(1, std::min((4 * workers + batch - 1) / batch,
                                                 n / kLookupRowsPerTask));
     }
