@@ -191,16 +191,18 @@ ffi::Error ParallelFor(ffi::ThreadPool* pool, int64_t num_tasks, int64_t max_wor
   struct State {
     std::atomic<int64_t> next{0};
     std::atomic<int64_t> workers{0};
+    std::atomic<int64_t> done{0};  // tasks finished; the last one to finish wakes the caller
     std::mutex mu;
     std::condition_variable cv;
-    int64_t done = 0;  // guarded by mu
-    int64_t failed_task = -1;  // the lowest failing task so far
-    ffi::Error error;
+    int64_t failed_task = -1;  // the lowest failing task so far; guarded by mu
+    ffi::Error error;          // guarded by mu
   };
   auto state = std::make_shared<State>();
   auto* fn_ptr = &fn;
   // A worker only dereferences fn_ptr after claiming a task, and the caller does not return before
-  // every claimed task is done, so fn_ptr never dangles when used.
+  // every claimed task is done, so fn_ptr never dangles when used. A task takes the mutex only to
+  // record a failure, or to wake the caller when it is the last to finish (taking it then means the
+  // caller is either still before its check of `done` or already waiting: the wake-up is not lost).
   auto work = [state, fn_ptr, num_tasks]() {
     const int64_t worker = state->workers.fetch_add(1, std::memory_order_relaxed);
     for (;;) {
@@ -214,12 +216,18 @@ ffi::Error ParallelFor(ffi::ThreadPool* pool, int64_t num_tasks, int64_t max_wor
       } catch (...) {
         err = ffi::Error::Internal("jax_distops: unknown C++ exception");
       }
-      std::lock_guard<std::mutex> lock(state->mu);
-      if (err.failure() && (state->failed_task < 0 || task < state->failed_task)) {
-        state->failed_task = task;
-        state->error = std::move(err);
+      if (err.failure()) {
+        std::lock_guard<std::mutex> lock(state->mu);
+        if (state->failed_task < 0 || task < state->failed_task) {
+          state->failed_task = task;
+          state->error = std::move(err);
+        }
       }
-      if (++state->done == num_tasks) state->cv.notify_all();
+      // acq_rel: the task's writes (outputs, a recorded error) happen before the caller's return.
+      if (state->done.fetch_add(1, std::memory_order_acq_rel) + 1 == num_tasks) {
+        std::lock_guard<std::mutex> lock(state->mu);
+        state->cv.notify_all();
+      }
     }
   };
   int64_t threads = pool != nullptr ? pool->num_threads() : 0;
@@ -230,7 +238,7 @@ ffi::Error ParallelFor(ffi::ThreadPool* pool, int64_t num_tasks, int64_t max_wor
   }
   work();
   std::unique_lock<std::mutex> lock(state->mu);
-  state->cv.wait(lock, [&] { return state->done == num_tasks; });
+  state->cv.wait(lock, [&] { return state->done.load(std::memory_order_acquire) >= num_tasks; });
   return state->failed_task >= 0 ? std::move(state->error) : ffi::Error::Success();
 }
 
