@@ -27,34 +27,67 @@ def _cases():
     idx0 = np.zeros((0, 6), np.int32)
     rows0 = np.zeros((0, 6, 2), np.float32)
     return [
-        ("fused_reorder_by_indices",
-         lambda a, b: tuple(jax_distops.fused_reorder_by_indices([a, b], 4, (2, 3))), (ids0, ids0)),
-        ("split_by_indices",
-         lambda i, t: tuple(jax_distops.split_by_indices(i, t, 3)), (idx0, rows0)),
-        ("split_by_indices_gradient",
-         lambda i, g: jax_distops.split_by_indices_gradient(i, g, 3), (idx0, rows0)),
-        ("reorder_by_indices",
-         lambda x, s: tuple(jax_distops.reorder_by_indices(x, s, 3)), (ids0, idx0)),
-        ("ragged_split_by_indices",
-         lambda i, v, rs: tuple(jax_distops.ragged_split_by_indices(i, jax_distops.Ragged(v, rs), 3)),
-         (idx0, ids0, np.zeros((0, 3), np.int64))),
-        ("map_id_to_embedding",
-         lambda x: jax_distops.map_id_to_embedding([IDS], [TABLE], x, use_multi_threads=True),
-         (ids0,)),
-        ("map_id_to_embedding_gradient_back_prop",
-         lambda x, g: tuple(jax_distops.map_id_to_embedding_gradient_back_prop([IDS], x, g)),
-         (ids0, np.zeros((0, 6, 3), np.float32))),
-        ("gather_embeddings_by_input",
-         lambda x: tuple(jax_distops.gather_embeddings_by_input(IDS, TABLE, x, use_multi_threads=True)),
-         (ids0,)),
-        ("gather_embeddings_by_ids_gradient_back_prop",
-         lambda g, m: jax_distops.gather_embeddings_by_ids_gradient_back_prop(IDS, g, m),
-         (np.zeros((0, 6, 3), np.float32), ids0)),
-        ("fused_gather_embeddings_by_input",
-         lambda o: tuple(jax_distops.fused_gather_embeddings_by_input(FLAT, [o], (2,))), (idx0,)),
-        ("fused_gather_embeddings_by_input_gradient",
-         lambda g, o: jax_distops.fused_gather_embeddings_by_input_gradient(10, [g], [o], (2,), 0.5),
-         (rows0, idx0)),
+        (
+            "fused_reorder_by_indices",
+            lambda a, b: tuple(jax_distops.fused_reorder_by_indices([a, b], 4, (2, 3))),
+            (ids0, ids0),
+        ),
+        (
+            "split_by_indices",
+            lambda i, t: tuple(jax_distops.split_by_indices(i, t, 3)),
+            (idx0, rows0),
+        ),
+        (
+            "split_by_indices_gradient",
+            lambda i, g: jax_distops.split_by_indices_gradient(i, g, 3),
+            (idx0, rows0),
+        ),
+        (
+            "reorder_by_indices",
+            lambda x, s: tuple(jax_distops.reorder_by_indices(x, s, 3)),
+            (ids0, idx0),
+        ),
+        (
+            "ragged_split_by_indices",
+            lambda i, v, rs: tuple(
+                jax_distops.ragged_split_by_indices(i, jax_distops.Ragged(v, rs), 3)
+            ),
+            (idx0, ids0, np.zeros((0, 3), np.int64)),
+        ),
+        (
+            "map_id_to_embedding",
+            lambda x: jax_distops.map_id_to_embedding([IDS], [TABLE], x, use_multi_threads=True),
+            (ids0,),
+        ),
+        (
+            "map_id_to_embedding_gradient_back_prop",
+            lambda x, g: tuple(jax_distops.map_id_to_embedding_gradient_back_prop([IDS], x, g)),
+            (ids0, np.zeros((0, 6, 3), np.float32)),
+        ),
+        (
+            "gather_embeddings_by_input",
+            lambda x: tuple(
+                jax_distops.gather_embeddings_by_input(IDS, TABLE, x, use_multi_threads=True)
+            ),
+            (ids0,),
+        ),
+        (
+            "gather_embeddings_by_ids_gradient_back_prop",
+            lambda g, m: jax_distops.gather_embeddings_by_ids_gradient_back_prop(IDS, g, m),
+            (np.zeros((0, 6, 3), np.float32), ids0),
+        ),
+        (
+            "fused_gather_embeddings_by_input",
+            lambda o: tuple(jax_distops.fused_gather_embeddings_by_input(FLAT, [o], (2,))),
+            (idx0,),
+        ),
+        (
+            "fused_gather_embeddings_by_input_gradient",
+            lambda g, o: jax_distops.fused_gather_embeddings_by_input_gradient(
+                10, [g], [o], (2,), 0.5
+            ),
+            (rows0, idx0),
+        ),
     ]
 
 
