@@ -186,6 +186,8 @@ inline ffi::ErrorOr<int32_t> CheckedInt32(int64_t value, const char* op, const c
 // does not depend on thread timing (tasks that report the first bad value of their part give the
 // first bad value overall).
 // ---------------------------------------------------------------------------------------------------
+inline constexpr int64_t kBlocksPerWorker = 64;
+
 template <typename Fn>
 ffi::Error ParallelFor(ffi::ThreadPool* pool, int64_t num_tasks, int64_t max_workers, Fn&& fn) {
   struct State {
@@ -203,34 +205,43 @@ ffi::Error ParallelFor(ffi::ThreadPool* pool, int64_t num_tasks, int64_t max_wor
   // every claimed task is done, so fn_ptr never dangles when used. A task takes the mutex only to
   // record a failure, or to wake the caller when it is the last to finish (taking it then means the
   // caller is either still before its check of `done` or already waiting: the wake-up is not lost).
-  auto work = [state, fn_ptr, num_tasks]() {
+  int64_t threads = pool != nullptr ? pool->num_threads() : 0;
+  // Tasks are claimed `block` at a time when there are very many (e.g. one per element of a large
+  // vmapped batch of tiny inputs), so that claiming and counting them does not cost more than
+  // running them; still at least kBlocksPerWorker blocks per worker, to balance the load.
+  const int64_t parallel = std::max<int64_t>(1, std::min(max_workers, threads));
+  const int64_t block = std::max<int64_t>(1, num_tasks / (kBlocksPerWorker * parallel));
+  auto work = [state, fn_ptr, num_tasks, block]() {
     const int64_t worker = state->workers.fetch_add(1, std::memory_order_relaxed);
     for (;;) {
-      int64_t task = state->next.fetch_add(1, std::memory_order_relaxed);
-      if (task >= num_tasks) return;
-      ffi::Error err;
-      try {
-        err = (*fn_ptr)(task, worker);
-      } catch (const std::exception& e) {
-        err = ffi::Error::Internal(std::string("jax_distops: ") + e.what());
-      } catch (...) {
-        err = ffi::Error::Internal("jax_distops: unknown C++ exception");
-      }
-      if (err.failure()) {
-        std::lock_guard<std::mutex> lock(state->mu);
-        if (state->failed_task < 0 || task < state->failed_task) {
-          state->failed_task = task;
-          state->error = std::move(err);
+      const int64_t first = state->next.fetch_add(block, std::memory_order_relaxed);
+      if (first >= num_tasks) return;
+      const int64_t last = std::min(num_tasks, first + block);
+      for (int64_t task = first; task < last; ++task) {
+        ffi::Error err;
+        try {
+          err = (*fn_ptr)(task, worker);
+        } catch (const std::exception& e) {
+          err = ffi::Error::Internal(std::string("jax_distops: ") + e.what());
+        } catch (...) {
+          err = ffi::Error::Internal("jax_distops: unknown C++ exception");
+        }
+        if (err.failure()) {  // the block's later tasks are skipped: they cannot fail lower
+          std::lock_guard<std::mutex> lock(state->mu);
+          if (state->failed_task < 0 || task < state->failed_task) {
+            state->failed_task = task;
+            state->error = std::move(err);
+          }
+          break;
         }
       }
-      // acq_rel: the task's writes (outputs, a recorded error) happen before the caller's return.
-      if (state->done.fetch_add(1, std::memory_order_acq_rel) + 1 == num_tasks) {
+      // acq_rel: the tasks' writes (outputs, a recorded error) happen before the caller's return.
+      if (state->done.fetch_add(last - first, std::memory_order_acq_rel) + (last - first) == num_tasks) {
         std::lock_guard<std::mutex> lock(state->mu);
         state->cv.notify_all();
       }
     }
   };
-  int64_t threads = pool != nullptr ? pool->num_threads() : 0;
   int64_t helpers = std::min({max_workers, threads, num_tasks}) - 1;
   for (int64_t i = 0; i < helpers; ++i) {
     auto copy = work;
