@@ -255,6 +255,7 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
   call_scratch->Prepare(batch * total, workers);
   std::vector<WorkerScratch>& scratch = call_scratch->workers;
   std::vector<int32_t> task_unique(num_tasks);
+  std::vector<IndexLease> indexes(workers);  // one pooled hash index per worker, for all its tasks
 
   // Phase 1: dedup, block counts, and each raw id's unique number (kept in `offsets` meanwhile).
   for (int64_t b = 0; b < batch; ++b) {  // shards below first_shard get no ids
@@ -273,8 +274,7 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
     counts.assign(task.hi - task.lo, 0);
     if (task.keep >= 0) keep[task.keep]->Clear();
     // Index sized for the whole table when small, else from a prefix (id_index.h).
-    IndexLease lease;
-    IdIndex& index = *lease;
+    IdIndex& index = *indexes[worker];
     const int64_t sample = std::min(n, FirstSizing(n));
     index.Reset(sample);
     int32_t unique = 0;

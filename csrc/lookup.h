@@ -207,14 +207,14 @@ class IdRows {
       return ffi::Error::Success();
     }));
     // Pass 3: per partition, an index of its ids (first occurrence wins), then its lookups.
-    return ParallelFor(pool, maps * parts, workers, [&](int64_t t, int64_t) {
+    std::vector<IndexLease> indexes(workers);  // one pooled hash index per worker
+    return ParallelFor(pool, maps * parts, workers, [&](int64_t t, int64_t worker) {
       const int64_t g = t / parts, p = t % parts;
       const Entry* keys = sc.keys.data();
       const Entry* queries_of = sc.queries.data();
       const int64_t k0 = part_keys[g * (parts + 1) + p], k1 = part_keys[g * (parts + 1) + p + 1];
       const int64_t q0 = part_queries[g * (parts + 1) + p], q1 = part_queries[g * (parts + 1) + p + 1];
-      IndexLease lease;
-      IdIndex& index = *lease;
+      IdIndex& index = *indexes[worker];
       index.Reset(k1 - k0);
       int64_t size = 0;
       for (int64_t k = k0; k < k1; ++k) {

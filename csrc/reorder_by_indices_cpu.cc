@@ -99,7 +99,8 @@ ffi::Error ReorderImpl(TypeTag<Index>, ffi::ThreadPool& pool, const ffi::AnyBuff
     rows[b * n + dest] = static_cast<int32_t>(i);
   }));
   std::vector<uint8_t> kept(batch * n, 0);
-  FFI_RETURN_IF_ERROR(ParallelFor(&pool, batch * (buckets + 1), workers, [&](int64_t t, int64_t) {
+  std::vector<IndexLease> indexes(workers);  // one pooled hash index (id_index.h) per worker
+  FFI_RETURN_IF_ERROR(ParallelFor(&pool, batch * (buckets + 1), workers, [&](int64_t t, int64_t worker) {
     const int64_t b = t / (buckets + 1), bucket = t % (buckets + 1);
     int64_t first = 0;
     for (int64_t g = 0; g < bucket; ++g) first += bucket_sizes[b * (buckets + 1) + g];
@@ -111,7 +112,7 @@ ffi::Error ReorderImpl(TypeTag<Index>, ffi::ThreadPool& pool, const ffi::AnyBuff
       return ffi::Error::Success();
     }
     const T* x = in + b * input_stride;
-    IndexLease index;  // a pooled hash index (id_index.h)
+    IdIndex* index = &*indexes[worker];
     index->Reset(count);
     int32_t indexed = 0;
     for (int64_t k = 0; k < count; ++k) {
