@@ -55,6 +55,11 @@ struct CallScratch {
   std::vector<uint64_t> distinct;
   std::vector<int32_t> distinct_shard;
   std::vector<WorkerScratch> workers;
+  // Sized by the batch (tens of MB under a large vmap, page-faulted in again if not pooled): the
+  // tasks, their distinct-id counts, and the block bases of phase 2.
+  std::vector<Task> tasks;
+  std::vector<int32_t> task_unique;
+  std::vector<int64_t> id_base, emb_base;
 
   void Prepare(int64_t num_ids, int64_t num_workers) {
     if (distinct.size() < static_cast<size_t>(num_ids)) {
@@ -64,10 +69,9 @@ struct CallScratch {
     if (workers.size() < static_cast<size_t>(num_workers)) workers.resize(num_workers);
   }
   void ReleaseAbove(int64_t max_bytes) {
-    if (static_cast<int64_t>(distinct.capacity() * 12) > max_bytes) {
-      std::vector<uint64_t>().swap(distinct);
-      std::vector<int32_t>().swap(distinct_shard);
-    }
+    const size_t bytes = distinct.capacity() * 12 + tasks.capacity() * sizeof(Task) +
+                         task_unique.capacity() * 4 + (id_base.capacity() + emb_base.capacity()) * 8;
+    if (static_cast<int64_t>(bytes) > max_bytes) *this = CallScratch();
   }
 };
 
@@ -228,33 +232,40 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
       batch * total >= kMinIdsForThreads ? std::max<int64_t>(1, pool.num_threads()) : 1;
   const int64_t usable_shards = num_shards - first_shard;
   const int64_t share = std::max<int64_t>(1, batch * total / workers);
-  std::vector<Task> tasks;
-  for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t m = 0; m < num_tables; ++m) {
-      const int64_t groups =
-          length[m] < kMinIdsPerSplit
-              ? 1
-              : std::clamp<int64_t>((length[m] + share - 1) / share, 1, usable_shards);
-      for (int64_t g = 0; g < groups; ++g) {
-        tasks.push_back({b, m, first_shard + usable_shards * g / groups,
-                         first_shard + usable_shards * (g + 1) / groups, length[m] / groups});
-      }
-    }
+  // Largest tasks first (tables by cost, each for every batch element): the pool's threads then
+  // finish together.
+  std::vector<int64_t> groups(num_tables), order(num_tables);
+  for (int64_t m = 0; m < num_tables; ++m) {
+    groups[m] = length[m] < kMinIdsPerSplit
+                    ? 1
+                    : std::clamp<int64_t>((length[m] + share - 1) / share, 1, usable_shards);
+    order[m] = m;
   }
-  std::stable_sort(tasks.begin(), tasks.end(),
-                   [](const Task& a, const Task& b) { return a.cost > b.cost; });
-  const int64_t num_tasks = static_cast<int64_t>(tasks.size());
-  int64_t num_ranges = 0;
-  for (Task& task : tasks) {
-    if (task.lo != first_shard || task.hi != num_shards) task.keep = num_ranges++;
-  }
-  std::vector<Lease<ShardRangeScratch>> keep(num_ranges);
-  const int64_t blocks = num_shards * num_tables;
-  const ShardFn shard_of(num_shards, first_shard);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    return length[a] / groups[a] > length[b] / groups[b];
+  });
   Lease<CallScratch> call_scratch;
   call_scratch->Prepare(batch * total, workers);
   std::vector<WorkerScratch>& scratch = call_scratch->workers;
-  std::vector<int32_t> task_unique(num_tasks);
+  std::vector<Task>& tasks = call_scratch->tasks;
+  tasks.clear();
+  int64_t num_ranges = 0;
+  for (int64_t m : order) {
+    const bool split_table = groups[m] > 1;
+    for (int64_t b = 0; b < batch; ++b) {
+      for (int64_t g = 0; g < groups[m]; ++g) {
+        tasks.push_back({b, m, first_shard + usable_shards * g / groups[m],
+                         first_shard + usable_shards * (g + 1) / groups[m], length[m] / groups[m],
+                         split_table ? num_ranges++ : -1});
+      }
+    }
+  }
+  const int64_t num_tasks = static_cast<int64_t>(tasks.size());
+  std::vector<Lease<ShardRangeScratch>> keep(num_ranges);
+  const int64_t blocks = num_shards * num_tables;
+  const ShardFn shard_of(num_shards, first_shard);
+  std::vector<int32_t>& task_unique = call_scratch->task_unique;
+  task_unique.resize(num_tasks);
   std::vector<IndexLease> indexes(workers);  // one pooled hash index per worker, for all its tasks
 
   // Phase 1: dedup, block counts, and each raw id's unique number (kept in `offsets` meanwhile).
@@ -300,7 +311,10 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
   }));
 
   // Phase 2: block layout per batch element.
-  std::vector<int64_t> id_base(batch * blocks), emb_base(batch * blocks);
+  std::vector<int64_t>& id_base = call_scratch->id_base;
+  std::vector<int64_t>& emb_base = call_scratch->emb_base;
+  id_base.resize(batch * blocks);  // every entry is written by FusedBlockLayout
+  emb_base.resize(batch * blocks);
   std::vector<int64_t> pad_before(batch + 1, 0);  // padding of the id output before element b
   for (int64_t b = 0; b < batch; ++b) {
     int64_t unique, floats;
