@@ -82,9 +82,10 @@ ffi::Error FusedGatherImpl(ffi::ThreadPool& pool, const ffi::AnyBuffer& fused,
   const int64_t elem = static_cast<int64_t>(ffi::ByteWidth(fused.element_type()));
   std::vector<Offsets<Index>> offsets;
   FFI_RETURN_IF_ERROR(ReadOffsets(op, args, 0, dims, batch_dims, &offsets));
-  // Tasks: chunks of rows of (batch element, table).
+  // Tasks: chunks of rows of (batch element, table); short tables take several batch elements per
+  // task (a vmap over many small examples would otherwise make a task of every few rows).
   struct Task {
-    int64_t b, m, begin, end;
+    int64_t b0, b1, m, begin, end;  // rows [begin, end) of table m in batch elements [b0, b1)
   };
   std::vector<Task> tasks;
   std::vector<char*> out(num_tables);
@@ -101,34 +102,39 @@ ffi::Error FusedGatherImpl(ffi::ThreadPool& pool, const ffi::AnyBuffer& fused,
     out[m] = static_cast<char*>(buffer->untyped_data());
     AdviseHugePages(out[m], static_cast<size_t>(split.batch * length * dims[m] * elem));
     bytes += split.batch * length * dims[m] * elem;
-    for (int64_t b = 0; b < split.batch; ++b) {
+    const int64_t per_task = std::max<int64_t>(1, kRowsPerTask / std::max<int64_t>(length, 1));
+    for (int64_t b = 0; b < split.batch; b += per_task) {
+      const int64_t b1 = std::min(split.batch, b + per_task);
       for (int64_t begin = 0; begin < length; begin += kRowsPerTask) {
-        tasks.push_back({b, static_cast<int64_t>(m), begin, std::min(length, begin + kRowsPerTask)});
+        tasks.push_back({b, b1, static_cast<int64_t>(m), begin, std::min(length, begin + kRowsPerTask)});
       }
     }
   }
   const int64_t workers = bytes >= (int64_t{1} << 20) ? std::max<int64_t>(1, pool.num_threads()) : 1;
   const char* src = static_cast<const char*>(fused.untyped_data());
+  const bool prefetch = static_cast<size_t>(size * elem) > kRowPrefetchAboveBytes;
   return ParallelFor(&pool, static_cast<int64_t>(tasks.size()), workers, [&](int64_t t, int64_t) {
     const Task& task = tasks[t];
     const Offsets<Index>& off = offsets[task.m];
     const int64_t dim = off.dim, row_bytes = dim * elem;
-    const Index* o = off.data + task.b * off.stride;
-    const char* from = src + task.b * fused_stride * elem;
-    char* to = out[task.m] + task.b * off.length * row_bytes;
     return DispatchRowBytes(static_cast<size_t>(row_bytes), [&](auto row_size) -> ffi::Error {
       constexpr size_t kRowBytes = decltype(row_size)::value;
-      for (int64_t j = task.begin; j < task.end; ++j) {
-        if (j + kPrefetch < task.end) {  // rows are scattered over the buffer: hide the misses
-          const int64_t ahead = static_cast<int64_t>(o[j + kPrefetch]);
-          if (FusedRowInBounds(ahead, dim, size)) PrefetchRow(from + ahead * elem, row_bytes);
+      for (int64_t b = task.b0; b < task.b1; ++b) {
+        const Index* o = off.data + b * off.stride;
+        const char* from = src + b * fused_stride * elem;
+        char* to = out[task.m] + b * off.length * row_bytes;
+        for (int64_t j = task.begin; j < task.end; ++j) {
+          if (prefetch && j + kPrefetch < task.end) {  // scattered rows of a large buffer
+            const int64_t ahead = static_cast<int64_t>(o[j + kPrefetch]);
+            if (FusedRowInBounds(ahead, dim, size)) PrefetchRow(from + ahead * elem, row_bytes);
+          }
+          const int64_t offset = static_cast<int64_t>(o[j]);
+          if (!FusedRowInBounds(offset, dim, size)) {
+            return OffsetOutOfBounds(op, "fused_embedding_offsets", task.m, offset,
+                                     b * off.stride + j, dim, size);
+          }
+          CopyRow<kRowBytes>(to + j * row_bytes, from + offset * elem, static_cast<size_t>(row_bytes));
         }
-        const int64_t offset = static_cast<int64_t>(o[j]);
-        if (!FusedRowInBounds(offset, dim, size)) {
-          return OffsetOutOfBounds(op, "fused_embedding_offsets", task.m, offset,
-                                   task.b * off.stride + j, dim, size);
-        }
-        CopyRow<kRowBytes>(to + j * row_bytes, from + offset * elem, static_cast<size_t>(row_bytes));
       }
       return ffi::Error::Success();
     });
@@ -176,6 +182,7 @@ ffi::Error FusedGatherGradImpl(TypeTag<F>, ffi::ThreadPool& pool, const ffi::Any
   const Acc* scales = scale.typed_data<Acc>();
   F* result = out->typed_data<F>();
   AdviseHugePages(result, static_cast<size_t>(batch * size) * sizeof(F));
+  const bool prefetch = static_cast<size_t>(size) * sizeof(Acc) > kRowPrefetchAboveBytes;
   return ParallelFor(&pool, batch, workers, [&](int64_t b, int64_t) -> ffi::Error {
     F* dst = result + b * size;
     std::vector<Acc> scratch;
@@ -198,7 +205,7 @@ ffi::Error FusedGatherGradImpl(TypeTag<F>, ffi::ThreadPool& pool, const ffi::Any
         constexpr int64_t kDim = static_cast<int64_t>(decltype(row_size)::value / sizeof(F));
         const int64_t width = kDim > 0 ? kDim : off.dim;
         for (int64_t j = 0; j < length; ++j) {
-          if (j + kPrefetch < length) {
+          if (prefetch && j + kPrefetch < length) {
             const int64_t ahead = static_cast<int64_t>(o[j + kPrefetch]);
             if (FusedRowInBounds(ahead, width, size)) {
               PrefetchRow<true>(acc + ahead, width * sizeof(Acc));

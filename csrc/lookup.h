@@ -338,6 +338,8 @@ ffi::Error GatherRows(ffi::ThreadPool* pool, int64_t workers, int64_t batch, int
   const Chunks chunks(batch, n, workers);
   const size_t row_bytes = src != nullptr ? src->row_bytes() : 0;
   AdviseHugePages(out, static_cast<size_t>(batch * n) * row_bytes);
+  const bool prefetch =
+      src != nullptr && static_cast<size_t>(src->num_rows()) * row_bytes > kRowPrefetchAboveBytes;
   return ParallelFor(pool, batch * chunks.per_batch, workers, [&](int64_t t, int64_t) {
     const int64_t b = t / chunks.per_batch;
     const int64_t begin = std::min(n, (t % chunks.per_batch) * chunks.size);
@@ -351,7 +353,7 @@ ffi::Error GatherRows(ffi::ThreadPool* pool, int64_t workers, int64_t batch, int
         if (r < 0) return resolver.Error(b, j);
         if (src == nullptr) continue;
         const char* row = src->Row(b, r);
-        PrefetchRow(row, row_bytes);
+        if (prefetch) PrefetchRow(row, row_bytes);
         const int64_t i = j - kAhead;  // copied first: row j takes its place in the ring
         if (i >= begin) CopyRow<kRowBytes>(dst + i * row_bytes, ring[i % kAhead], row_bytes);
         ring[j % kAhead] = row;
@@ -380,6 +382,7 @@ ffi::Error ScatterAddRows(ffi::ThreadPool* pool, int64_t workers, int64_t batch,
   constexpr bool kDirect = std::is_same_v<Acc, T>;  // sum in the output itself
   const int64_t rows = dst.num_rows();
   const size_t row_bytes = static_cast<size_t>(width) * sizeof(T);
+  const bool prefetch = static_cast<size_t>(rows * width) * sizeof(Acc) > kRowPrefetchAboveBytes;
   for (int64_t b = 0; b < batch; ++b) {
     dst.ForEachSpan(b, 0, rows, [&](char* ptr, int64_t, int64_t count) {
       AdviseHugePages(ptr, static_cast<size_t>(count) * row_bytes);
@@ -406,7 +409,7 @@ ffi::Error ScatterAddRows(ffi::ThreadPool* pool, int64_t workers, int64_t batch,
     FFI_RETURN_IF_ERROR(DispatchRowBytes(row_bytes, [&](auto row_size) -> ffi::Error {
       constexpr int64_t kWidth = static_cast<int64_t>(decltype(row_size)::value / sizeof(T));
       for (int64_t k = 0; k < n; ++k) {
-        if (k + kScatterPrefetch < n) {  // the rows it adds to are scattered: hide the misses
+        if (prefetch && k + kScatterPrefetch < n) {  // scattered rows of a large output
           const int64_t ahead = resolver.Row(b, k + kScatterPrefetch);
           if (ahead >= 0) PrefetchRow<true>(target(ahead), static_cast<size_t>(width) * sizeof(Acc));
         }

@@ -38,6 +38,12 @@ inline void CopyRow(void* dst, const void* src, size_t row_bytes) {
   std::memcpy(dst, src, kRowBytes > 0 ? kRowBytes : row_bytes);
 }
 
+// Row reads and adds are prefetched only from buffers larger than this: a smaller one mostly sits
+// in the caches, where the prefetches cost more than they hide (measured, 3e5 rows of 64 bytes
+// gathered from a 1 / 4 / 16 / 64 MiB buffer, ms without / with prefetching: 0.34 / 0.49,
+// 0.45 / 0.59, 0.83 / 0.65, 2.35 / 1.31).
+inline constexpr size_t kRowPrefetchAboveBytes = size_t{8} << 20;
+
 // Prefetches every cache line a row touches (for reading, or for writing with kWrite), the last
 // one included when the row does not start on a line (a 64-byte row at offset 32 spans two lines).
 // Always inlined: GCC deems a function whose only effect is a prefetch pure and may delete calls
