@@ -152,7 +152,7 @@ def gather_embeddings_by_ids_gradient_back_prop(
         )
     width = grads.shape[-1]
     return gather_embeddings_by_ids_gradient_p.bind(
-        grads.reshape(-1, width), mapping.reshape(-1), num_rows=ids.shape[0]
+        grads.reshape(mapping.size, width), mapping.reshape(-1), num_rows=ids.shape[0]
     )
 
 

@@ -125,7 +125,7 @@ def map_id_to_embedding_gradient_back_prop(
         )
     width = grads.shape[-1]
     outs = map_id_to_embedding_gradient_p.bind(
-        input_.reshape(-1), grads.reshape(-1, width), *id_arrays, num_tables=len(id_arrays)
+        input_.reshape(-1), grads.reshape(input_.size, width), *id_arrays, num_tables=len(id_arrays)
     )
     return list(outs)
 

@@ -1126,3 +1126,21 @@ def test_errors_under_vmap(use_jit):
     with pytest.raises(runtime_errors(use_jit)) as excinfo:
         np.asarray(grad(ids, np.ones((2, 3, 2), np.float32), mapping))
     _assert_mapping_error(excinfo, 3)
+
+
+@pytest.mark.parametrize("use_jit", [False, True], ids=["nojit", "jit"])
+def test_zero_width_rows(use_jit):
+    """D = 0: empty rows forward (with the mapping), zero-width gradients (the op and jax.grad)."""
+    ids = np.array([3, 1, 8], np.int64)
+    embeddings = np.zeros((3, 0), np.float32)
+    inp = np.array([8, 3, 8, 1], np.int64)
+    grads = np.zeros((4, 0), np.float32)
+    maybe_jit = jax.jit if use_jit else (lambda f: f)
+    want = oracle.gather_embeddings_by_input(ids, embeddings, inp)
+    out, mapping = maybe_jit(OP)(ids, embeddings, inp)
+    assert_array_bits_equal(out, want.output, "output")
+    np.testing.assert_array_equal(np.asarray(mapping), want.index_mapping)
+    want_grad = oracle.gather_embeddings_by_ids_gradient(3, grads, want.index_mapping)
+    assert_array_bits_equal(maybe_jit(GRAD_OP)(ids, grads, mapping), want_grad, "gradient op")
+    d_emb = maybe_jit(jax.grad(lambda e: jnp.sum(OP(ids, e, inp).output)))(embeddings)
+    assert_array_bits_equal(d_emb, want_grad, "jax.grad")

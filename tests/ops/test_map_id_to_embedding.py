@@ -1169,3 +1169,21 @@ def test_error_missing_id_under_vmap(use_jit):
     with pytest.raises(runtime_errors(use_jit)) as excinfo:
         [np.asarray(o) for o in grad(ids_list, inp, np.ones((2, 3, 2), np.float32))]
     assert_unable_to_map(excinfo, GRAD_NAME, 2**40)
+
+
+@pytest.mark.parametrize("use_jit", [False, True], ids=["nojit", "jit"])
+def test_zero_width_rows(use_jit):
+    """D = 0: empty rows forward, zero-width table gradients (the op and jax.grad)."""
+    ids_list = [np.array([3, 1], np.int64), np.array([8], np.int64)]
+    tables = [np.zeros((2, 0), np.float32), np.zeros((1, 0), np.float32)]
+    inp = np.array([[8, 3], [1, 8]], np.int64)
+    grads = np.zeros((2, 2, 0), np.float32)
+    maybe_jit = jax.jit if use_jit else (lambda f: f)
+    out = maybe_jit(OP)(ids_list, tables, inp)
+    assert_array_bits_equal(out, oracle.map_id_to_embedding(ids_list, tables, inp), "output")
+    want = oracle.map_id_to_embedding_gradient(ids_list, inp, grads)
+    got = maybe_jit(GRAD_OP)(ids_list, inp, grads)
+    d_tables = maybe_jit(jax.grad(lambda t: jnp.sum(OP(ids_list, t, inp))))(tables)
+    for s in range(2):
+        assert_array_bits_equal(got[s], want[s], f"gradient op, table {s}")
+        assert_array_bits_equal(d_tables[s], want[s], f"jax.grad, table {s}")
