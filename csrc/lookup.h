@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -24,6 +25,9 @@ inline constexpr int64_t kLookupRowsPerTask = 1 << 14;
 // (Gathering 1e6 rows of 64 bytes: 8.8-9.1 ms 16 ahead, 6.9-7.3 ms 32 ahead, about the same 64 ahead.)
 inline constexpr int64_t kLookupPrefetch = 32;
 inline constexpr int64_t kScatterPrefetch = 64;
+// ScatterAddByRange: output rows per range (about this many bytes), lookups per counting task.
+inline constexpr size_t kScatterRangeBytes = size_t{256} << 10;
+inline constexpr int64_t kScatterChunkRows = 1 << 16;
 
 // Workers of a lookup call: the pool's threads, or only the calling thread when the user asked for
 // one thread (Monolith's use_multi_threads = false). Small calls run inline whatever this says:
@@ -368,12 +372,94 @@ ffi::Error GatherRows(ffi::ThreadPool* pool, int64_t workers, int64_t batch, int
   });
 }
 
+// ScatterAddRows for one batch element b of a large output, in parallel and in the same order:
+// the adds are first sorted by output row range (a count pass and a placement pass over the
+// lookups, in chunks; k order kept within each range), then each range is zeroed and summed by
+// one task, in k order, in a slice of the output small enough to stay in the core's cache. Every
+// output row gets the same adds in the same order as the sequential loop, so the sums are
+// bit-identical to it whatever the thread count. Float and double only (bfloat16 sums in a float32
+// scratch on the sequential path).
+struct ScatterScratch {
+  std::vector<uint64_t> adds;  // (row << 32) | k, range by range
+  void ReleaseAbove(int64_t max_bytes) {
+    if (static_cast<int64_t>(adds.capacity() * 8) > max_bytes) adds = std::vector<uint64_t>();
+  }
+};
+
+template <typename T, typename Resolver>
+ffi::Error ScatterAddByRange(ffi::ThreadPool* pool, int64_t workers, int64_t b, int64_t n,
+                             const T* g, int64_t width, const TableRows& dst,
+                             const Resolver& resolver) {
+  const int64_t rows = dst.num_rows();
+  const size_t row_bytes = static_cast<size_t>(width) * sizeof(T);
+  int shift = 0;  // ranges of 2^shift rows, about kScatterRangeBytes each
+  while ((size_t{2} << shift) * row_bytes <= kScatterRangeBytes) ++shift;
+  const int64_t ranges = ((rows - 1) >> shift) + 1;
+  const int64_t chunks = std::clamp<int64_t>(n / kScatterChunkRows, 1, 4 * workers);
+  std::vector<int64_t> cursor(chunks * ranges, 0);  // counts, then placement positions
+  auto chunk_begin = [&](int64_t c) { return n * c / chunks; };
+  FFI_RETURN_IF_ERROR(ParallelFor(pool, chunks, workers, [&](int64_t c, int64_t) {
+    int64_t* count = cursor.data() + c * ranges;
+    for (int64_t k = chunk_begin(c); k < chunk_begin(c + 1); ++k) {
+      const int64_t r = resolver.Row(b, k);
+      if (r < 0) return resolver.Error(b, k);
+      ++count[r >> shift];
+    }
+    return ffi::Error::Success();
+  }));
+  std::vector<int64_t> range_start(ranges + 1);
+  int64_t at = 0;
+  for (int64_t q = 0; q < ranges; ++q) {
+    range_start[q] = at;
+    for (int64_t c = 0; c < chunks; ++c) {
+      int64_t& slot = cursor[c * ranges + q];
+      const int64_t count = slot;
+      slot = at;
+      at += count;
+    }
+  }
+  range_start[ranges] = at;
+  Lease<ScatterScratch> scratch;
+  std::vector<uint64_t>& adds = scratch->adds;
+  if (adds.size() < static_cast<size_t>(n)) adds.resize(n);
+  FFI_RETURN_IF_ERROR(ParallelFor(pool, chunks, workers, [&](int64_t c, int64_t) {
+    int64_t* next = cursor.data() + c * ranges;
+    uint64_t* out = adds.data();
+    for (int64_t k = chunk_begin(c); k < chunk_begin(c + 1); ++k) {
+      const uint64_t r = static_cast<uint64_t>(resolver.Row(b, k));
+      out[next[r >> shift]++] = r << 32 | static_cast<uint64_t>(k);
+    }
+    return ffi::Error::Success();
+  }));
+  return ParallelFor(pool, ranges, workers, [&](int64_t q, int64_t) {
+    const int64_t r0 = q << shift, r1 = std::min(rows, (q + 1) << shift);
+    dst.ForEachSpan(b, r0, r1, [&](char* ptr, int64_t, int64_t count) {
+      std::memset(ptr, 0, static_cast<size_t>(count) * row_bytes);
+    });
+    const uint64_t* add = adds.data();
+    const int64_t end = range_start[q + 1];
+    return DispatchRowBytes(row_bytes, [&](auto row_size) -> ffi::Error {
+      constexpr int64_t kWidth = static_cast<int64_t>(decltype(row_size)::value / sizeof(T));
+      for (int64_t i = range_start[q]; i < end; ++i) {
+        if (i + kScatterPrefetch < end) {  // the grads rows of a range are scattered
+          const int64_t ahead = static_cast<int64_t>(add[i + kScatterPrefetch] & 0xffffffffu);
+          PrefetchRow(g + ahead * width, row_bytes);
+        }
+        const int64_t r = static_cast<int64_t>(add[i] >> 32);
+        const int64_t k = static_cast<int64_t>(add[i] & 0xffffffffu);
+        AddRow<kWidth>(reinterpret_cast<T*>(dst.Row(b, r)), g + k * width, width);
+      }
+      return ffi::Error::Success();
+    });
+  });
+}
+
 // The transpose of GatherRows: dst rows = 0, then dst row resolver.Row(b, k) += grads[b][k] for
 // k = 0, 1, ... in order (`width` elements per row), one task per batch element: every sum is
 // taken in k order whatever the number of threads (deterministic), and the first bad row is
-// reported. (Splitting one element's rows between threads measured slower: each thread must still
-// read every k, and half of its branches mispredict.) T is float, double or BFloat16 (summed in
-// float32, rounded once).
+// reported. A batch smaller than the worker count, with a large float or double output, takes
+// ScatterAddByRange instead: each element's adds in parallel, in the same order. T is float,
+// double or BFloat16 (summed in float32, rounded once).
 template <typename T, typename Resolver>
 ffi::Error ScatterAddRows(ffi::ThreadPool* pool, int64_t workers, int64_t batch, int64_t n,
                           const T* grads, int64_t grads_stride, int64_t width,
@@ -387,6 +473,16 @@ ffi::Error ScatterAddRows(ffi::ThreadPool* pool, int64_t workers, int64_t batch,
     dst.ForEachSpan(b, 0, rows, [&](char* ptr, int64_t, int64_t count) {
       AdviseHugePages(ptr, static_cast<size_t>(count) * row_bytes);
     });
+  }
+  if constexpr (kDirect) {  // fewer batch elements than workers: each one's adds in parallel
+    if (workers > 1 && batch < workers && prefetch && n >= kScatterChunkRows &&
+        n <= std::numeric_limits<int32_t>::max() && rows <= std::numeric_limits<int32_t>::max()) {
+      for (int64_t b = 0; b < batch; ++b) {
+        FFI_RETURN_IF_ERROR(ScatterAddByRange(pool, workers, b, n, grads + b * grads_stride, width,
+                                              dst, resolver));
+      }
+      return ffi::Error::Success();
+    }
   }
   return ParallelFor(pool, batch, workers, [&](int64_t b, int64_t) -> ffi::Error {
     std::vector<Acc> scratch;

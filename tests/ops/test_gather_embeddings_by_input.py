@@ -1144,3 +1144,33 @@ def test_zero_width_rows(use_jit):
     assert_array_bits_equal(maybe_jit(GRAD_OP)(ids, grads, mapping), want_grad, "gradient op")
     d_emb = maybe_jit(jax.grad(lambda e: jnp.sum(OP(ids, e, inp).output)))(embeddings)
     assert_array_bits_equal(d_emb, want_grad, "jax.grad")
+
+
+def _wide_case(num_rows=150_000, width=16, lookups=200_000, seed=43):
+    """An output over 8 MiB and over 65536 lookups: the parallel range-by-range scatter-add."""
+    rng = np.random.default_rng(seed)
+    mapping = rng.integers(0, num_rows, size=lookups)
+    mapping[rng.random(lookups) < 0.2] = 1234  # one heavy row
+    grads = random_floats(rng, np.float32, (lookups, width), special=False)
+    return mapping, grads
+
+
+def test_wide_gradient_vs_oracle():
+    """The parallel path sums every row in ascending lookup order, as the oracle does."""
+    mapping, grads = _wide_case()
+    ids = np.arange(150_000, dtype=np.int64)
+    want = oracle.gather_embeddings_by_ids_gradient(len(ids), grads, mapping)
+    assert_array_bits_equal(jax.jit(GRAD_OP)(ids, grads, mapping), want, "gradient op")
+
+
+def test_wide_gradient_reports_first_bad_mapping():
+    """Bad entries in several counting tasks of the parallel path: the first one is reported."""
+    mapping, grads = _wide_case()
+    mapping[150_000] = -5
+    mapping[70_000] = 150_000  # the first bad position, in another task than 150_000
+    # The executable may already have run (test_wide_gradient_vs_oracle, same shapes), so JAX's
+    # fast path may report the failure as a ValueError (see runtime_errors).
+    with pytest.raises(runtime_errors(use_jit=False)) as excinfo:
+        np.asarray(jax.jit(GRAD_OP)(np.arange(150_000, dtype=np.int64), grads, mapping))
+    _assert_mapping_error(excinfo, 150_000)
+    assert "position 70000" in str(excinfo.value), str(excinfo.value)
