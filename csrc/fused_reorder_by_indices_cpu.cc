@@ -37,7 +37,6 @@ namespace {
 // One unit of work: the ids of table `table` in batch element `batch` whose shard is in [lo, hi).
 struct Task {
   int64_t batch, table, lo, hi;
-  int64_t cost;  // about the number of ids the task keeps; largest tasks are scheduled first
   int64_t keep = -1;  // a shard-range task's ShardRangeScratch; -1 for a whole-table task
 };
 
@@ -255,7 +254,7 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
     for (int64_t b = 0; b < batch; ++b) {
       for (int64_t g = 0; g < groups[m]; ++g) {
         tasks.push_back({b, m, first_shard + usable_shards * g / groups[m],
-                         first_shard + usable_shards * (g + 1) / groups[m], length[m] / groups[m],
+                         first_shard + usable_shards * (g + 1) / groups[m],
                          split_table ? num_ranges++ : -1});
       }
     }
