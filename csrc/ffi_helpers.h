@@ -253,6 +253,27 @@ ffi::Error ParallelFor(ffi::ThreadPool* pool, int64_t num_tasks, int64_t max_wor
   return state->failed_task >= 0 ? std::move(state->error) : ffi::Error::Success();
 }
 
+// The placement step of a parallel count-then-place pass (a stable partition of items into
+// parts): counts[c * parts + p] holds how many items of chunk c fall in part p, and becomes the
+// position where chunk c writes its first item of part p. Parts follow one another from `at`, and
+// the chunks follow one another within a part, so each part keeps the items' order. Writes each
+// part's first position to starts[p], and the end to starts[parts], when `starts` is not null;
+// returns the end.
+inline int64_t CountsToPositions(int64_t* counts, int64_t chunks, int64_t parts, int64_t at,
+                                 int64_t* starts) {
+  for (int64_t p = 0; p < parts; ++p) {
+    if (starts != nullptr) starts[p] = at;
+    for (int64_t c = 0; c < chunks; ++c) {
+      int64_t& slot = counts[c * parts + p];
+      const int64_t count = slot;
+      slot = at;
+      at += count;
+    }
+  }
+  if (starts != nullptr) starts[parts] = at;
+  return at;
+}
+
 // Runs `body()` (returning ffi::Error), turning any C++ exception into an ffi::Error.
 template <typename Body>
 ffi::Error CatchAll(const char* op, Body&& body) {

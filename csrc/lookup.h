@@ -185,21 +185,11 @@ class IdRows {
     }));
     // Where each chunk writes each partition: partitions in order, chunks in order within them.
     std::vector<int64_t> part_keys(maps * (parts + 1)), part_queries(maps * (parts + 1));
-    for (int64_t g = 0; g < maps; ++g) {
-      int64_t key_at = g * num_keys, query_at = g * queries;
-      for (int64_t p = 0; p < parts; ++p) {
-        part_keys[g * (parts + 1) + p] = key_at;
-        part_queries[g * (parts + 1) + p] = query_at;
-        for (int64_t c = 0; c < chunks; ++c) {
-          int64_t& at = c < key_chunks ? key_at : query_at;
-          int64_t& slot = cursor[(g * chunks + c) * parts + p];
-          const int64_t count = slot;
-          slot = at;
-          at += count;
-        }
-      }
-      part_keys[g * (parts + 1) + parts] = key_at;
-      part_queries[g * (parts + 1) + parts] = query_at;
+    for (int64_t g = 0; g < maps; ++g) {  // the key chunks, then the query chunks, of map g
+      int64_t* counts = cursor.data() + g * chunks * parts;
+      CountsToPositions(counts, key_chunks, parts, g * num_keys, part_keys.data() + g * (parts + 1));
+      CountsToPositions(counts + key_chunks * parts, query_chunks, parts, g * queries,
+                        part_queries.data() + g * (parts + 1));
     }
     // Pass 2: every id to its partition.
     FFI_RETURN_IF_ERROR(ParallelFor(pool, maps * chunks, workers, [&](int64_t t, int64_t) {
@@ -408,17 +398,7 @@ ffi::Error ScatterAddByRange(ffi::ThreadPool* pool, int64_t workers, int64_t b, 
     return ffi::Error::Success();
   }));
   std::vector<int64_t> range_start(ranges + 1);
-  int64_t at = 0;
-  for (int64_t q = 0; q < ranges; ++q) {
-    range_start[q] = at;
-    for (int64_t c = 0; c < chunks; ++c) {
-      int64_t& slot = cursor[c * ranges + q];
-      const int64_t count = slot;
-      slot = at;
-      at += count;
-    }
-  }
-  range_start[ranges] = at;
+  CountsToPositions(cursor.data(), chunks, ranges, 0, range_start.data());
   Lease<ScatterScratch> scratch;
   std::vector<uint64_t>& adds = scratch->adds;
   if (adds.size() < static_cast<size_t>(n)) adds.resize(n);

@@ -72,17 +72,12 @@ class StablePartition {
       }
       return ffi::Error::Success();
     }));
+    std::vector<int64_t> first(splits_ + 1);
     for (int64_t b = 0; b < batch_; ++b) {  // counts -> first destination of (chunk, split)
-      int64_t dest = 0;
+      CountsToPositions(next_.data() + b * chunks_ * splits_, chunks_, splits_, 0, first.data());
+      if (sizes == nullptr) continue;
       for (int64_t s = 0; s < splits_; ++s) {
-        const int64_t first = dest;
-        for (int64_t c = 0; c < chunks_; ++c) {
-          int64_t& slot = next_[(b * chunks_ + c) * splits_ + s];
-          const int64_t count = slot;
-          slot = dest;
-          dest += count;
-        }
-        if (sizes != nullptr) sizes[b * splits_ + s] = static_cast<int32_t>(dest - first);
+        sizes[b * splits_ + s] = static_cast<int32_t>(first[s + 1] - first[s]);
       }
     }
     return ffi::Error::Success();
