@@ -448,14 +448,15 @@ ffi::Error ScatterAddRows(ffi::ThreadPool* pool, int64_t workers, int64_t batch,
   constexpr bool kDirect = std::is_same_v<Acc, T>;  // sum in the output itself
   const int64_t rows = dst.num_rows();
   const size_t row_bytes = static_cast<size_t>(width) * sizeof(T);
-  const bool prefetch = static_cast<size_t>(rows * width) * sizeof(Acc) > kRowPrefetchAboveBytes;
+  // A large output: its target rows are prefetched, and one batch element's adds may run in parallel.
+  const bool large = static_cast<size_t>(rows * width) * sizeof(Acc) > kRowPrefetchAboveBytes;
   for (int64_t b = 0; b < batch; ++b) {
     dst.ForEachSpan(b, 0, rows, [&](char* ptr, int64_t, int64_t count) {
       AdviseHugePages(ptr, static_cast<size_t>(count) * row_bytes);
     });
   }
   if constexpr (kDirect) {  // fewer batch elements than workers: each one's adds in parallel
-    if (workers > 1 && batch < workers && prefetch && n >= kScatterChunkRows &&
+    if (workers > 1 && batch < workers && large && n >= kScatterChunkRows &&
         n <= std::numeric_limits<int32_t>::max() && rows <= std::numeric_limits<int32_t>::max()) {
       for (int64_t b = 0; b < batch; ++b) {
         FFI_RETURN_IF_ERROR(ScatterAddByRange(pool, workers, b, n, grads + b * grads_stride, width,
@@ -485,7 +486,7 @@ ffi::Error ScatterAddRows(ffi::ThreadPool* pool, int64_t workers, int64_t batch,
     FFI_RETURN_IF_ERROR(DispatchRowBytes(row_bytes, [&](auto row_size) -> ffi::Error {
       constexpr int64_t kWidth = static_cast<int64_t>(decltype(row_size)::value / sizeof(T));
       for (int64_t k = 0; k < n; ++k) {
-        if (prefetch && k + kScatterPrefetch < n) {  // scattered rows of a large output
+        if (large && k + kScatterPrefetch < n) {  // the rows it adds to are scattered
           const int64_t ahead = resolver.Row(b, k + kScatterPrefetch);
           if (ahead >= 0) PrefetchRow<true>(target(ahead), static_cast<size_t>(width) * sizeof(Acc));
         }
