@@ -135,6 +135,17 @@ def _lowering(op, ffi_attrs, platform, ctx, /, *args, **params):
     keep = all(np.prod(a.shape) == 0 for a in ctx.avals_out) and any(
         np.prod(a.shape) > 0 for a in ctx.avals_in
     )
+    # An operand without elements is passed as a constant of its shape (the kernel reads only its
+    # shape), not as the value it came from. Inside shard_map, a per-device operand of size 0 that
+    # reaches the call from the shard_map's arguments breaks XLA's Shardy passes: jax 0.10.2 fails
+    # to compile when all of several operands are empty ("'func.call' op expected at least one
+    # operand of @xla.sdy.manual_computation_body to be produced by a xla.sdy.GlobalToLocalShape"),
+    # jax 0.11.2 segfaults when some are (in ManualComputationUnusedInputsPattern; jnp code that
+    # uses an empty shard_map argument crashes the same way there). Unused, they are dropped.
+    args = [
+        mlir.ir_constant(np.zeros(a.shape, a.dtype)) if np.prod(a.shape) == 0 else x
+        for x, a in zip(args, ctx.avals_in)
+    ]
     return jax.ffi.ffi_lowering(target, has_side_effect=keep)(ctx, *args, **attrs)
 
 

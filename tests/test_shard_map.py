@@ -289,6 +289,114 @@ def test_routing_ops_per_device(mesh):
         )
 
 
+# Ops whose per-device operands are empty (a worker with no ids this step): (name, per-device op
+# on unbatched operands, per-device operands with their device axis, numpy oracle). Replicated
+# tables ride along as constants of the per-device function. Operands of size 0 arriving from a
+# shard_map argument broke XLA's compile (jax 0.10.2: an error when all were empty; jax 0.11.2: a
+# segfault when some were), until the lowering passed them as constants (_primitive._lowering).
+_IDS = np.array([5, -3, 9, 11], np.int64)
+_TABLE = np.arange(12, dtype=np.float32).reshape(4, 3) / 4
+_FLAT = np.arange(10, dtype=np.float32) / 4
+_EMPTY_CASES = [
+    ("fused_reorder_by_indices",
+     lambda a, b: jax_distops.fused_reorder_by_indices([a, b], 4, (2, 3), rank0_empty_shard=False),
+     (np.zeros((4, 0), np.int64), np.zeros((4, 0), np.int64)),
+     lambda a, b: oracle.fused_reorder_by_indices([a, b], 4, (2, 3), rank0_empty=False)),
+    ("split_by_indices", lambda i, t: jax_distops.split_by_indices(i, t, 3),
+     (np.zeros((4, 0), np.int32), np.zeros((4, 0, 2), np.float32)),
+     lambda i, t: oracle.split_by_indices(i, t, 3)),
+    ("split_by_indices_gradient", lambda i, g: (jax_distops.split_by_indices_gradient(i, g, 3),),
+     (np.zeros((4, 0), np.int32), np.zeros((4, 0, 2), np.float32)),
+     lambda i, g: (oracle.split_by_indices_gradient(i, g, 3),)),
+    ("reorder_by_indices", lambda x, s: jax_distops.reorder_by_indices(x, s, 3),
+     (np.zeros((4, 0), np.int64), np.zeros((4, 0), np.int32)),
+     lambda x, s: oracle.reorder_by_indices(x, s, 3)),
+    ("ragged_split_by_indices",
+     lambda i, v, rs: jax_distops.ragged_split_by_indices(i, jax_distops.Ragged(v, rs), 3),
+     (np.zeros((4, 0), np.int32), np.zeros((4, 0), np.int64), np.zeros((4, 1), np.int64)),
+     lambda i, v, rs: oracle.ragged_split_by_indices(i, v, rs, 3)),
+    ("map_id_to_embedding", lambda x: (jax_distops.map_id_to_embedding([_IDS], [_TABLE], x),),
+     (np.zeros((4, 0), np.int64),),
+     lambda x: (oracle.map_id_to_embedding([_IDS], [_TABLE], x),)),
+    ("map_id_to_embedding_gradient_back_prop",
+     lambda x, g: jax_distops.map_id_to_embedding_gradient_back_prop([_IDS], x, g),
+     (np.zeros((4, 0), np.int64), np.zeros((4, 0, 3), np.float32)),
+     lambda x, g: oracle.map_id_to_embedding_gradient([_IDS], x, g)),
+    ("gather_embeddings_by_input",
+     lambda x: jax_distops.gather_embeddings_by_input(_IDS, _TABLE, x),
+     (np.zeros((4, 0), np.int64),),
+     lambda x: oracle.gather_embeddings_by_input(_IDS, _TABLE, x)),
+    ("gather_embeddings_by_ids_gradient_back_prop",
+     lambda g, m: (jax_distops.gather_embeddings_by_ids_gradient_back_prop(_IDS, g, m),),
+     (np.zeros((4, 0, 3), np.float32), np.zeros((4, 0), np.int64)),
+     lambda g, m: (oracle.gather_embeddings_by_ids_gradient(4, g, m),)),
+    ("fused_gather_embeddings_by_input",
+     lambda o: jax_distops.fused_gather_embeddings_by_input(_FLAT, [o], (2,)),
+     (np.zeros((4, 0), np.int32),),
+     lambda o: oracle.fused_gather_embeddings_by_input(_FLAT, [o], (2,))),
+    ("fused_gather_embeddings_by_input_gradient",
+     lambda g, o: (jax_distops.fused_gather_embeddings_by_input_gradient(10, [g], [o], (2,), 0.5),),
+     (np.zeros((4, 0, 2), np.float32), np.zeros((4, 0), np.int32)),
+     lambda g, o: (oracle.fused_gather_embeddings_by_input_gradient(10, [g], [o], (2,), 0.5),)),
+]
+
+
+@pytest.mark.parametrize("name, op, operands, want_fn", _EMPTY_CASES,
+                         ids=[c[0] for c in _EMPTY_CASES])
+def test_empty_per_device_operands(mesh, name, op, operands, want_fn):
+    def per_device(*xs):
+        return [out[None] for out in op(*(x[0] for x in xs))]
+
+    got = _smap(mesh, per_device, (P(AXIS),) * len(operands), P(AXIS))(*operands)
+    for d in range(mesh.size):
+        want = want_fn(*(x[d] for x in operands))
+        assert len(got) == len(want), name
+        for k, (g, w) in enumerate(zip(got, want)):
+            assert_array_bits_equal(np.asarray(g)[d], np.asarray(w), f"{name} output {k}, device {d}")
+
+
+def test_some_per_device_operands_empty(mesh):
+    """One empty table next to non-empty ones, forward and gradient (jax 0.11.2 segfaulted)."""
+    D = mesh.size
+    rng = np.random.default_rng(7)
+    dims = (2, 3)
+    ids = [rng.integers(-9, 9, size=(D, 5)).astype(np.int64), np.zeros((D, 0), np.int64)]
+    fused = _quarters(rng, (D, 16))
+    offsets = [rng.integers(0, 15, size=(D, 5)).astype(np.int32), np.zeros((D, 0), np.int32)]
+
+    def per_device(a, b, f, o0, o1):
+        r = jax_distops.fused_reorder_by_indices([a[0], b[0]], 3, dims, rank0_empty_shard=False)
+        rows = jax_distops.fused_gather_embeddings_by_input(f[0], [o0[0], o1[0]], dims)
+        return [x[None] for x in (*r, *rows)]
+
+    got = _smap(mesh, per_device, (P(AXIS),) * 5, P(AXIS))(*ids, fused, *offsets)
+
+    def loss(f):
+        def per_device(f, o0, o1):
+            rows = jax_distops.fused_gather_embeddings_by_input(f[0], [o0[0], o1[0]], dims)
+            return jax.lax.psum(sum(jnp.sum(r) for r in rows), AXIS)
+
+        return jax.shard_map(per_device, mesh=mesh, in_specs=(P(AXIS),) * 3, out_specs=P())(
+            f, *offsets
+        )
+
+    d_fused = jax.jit(jax.grad(loss))(fused)
+    for d in range(D):
+        want = (
+            *oracle.fused_reorder_by_indices([x[d] for x in ids], 3, dims, rank0_empty=False),
+            *oracle.fused_gather_embeddings_by_input(fused[d], [o[d] for o in offsets], dims),
+        )
+        for k, (g, w) in enumerate(zip(got, want, strict=True)):
+            assert_array_bits_equal(np.asarray(g)[d], np.asarray(w), f"output {k}, device {d}")
+        ones = [np.ones((o.shape[1], k), np.float32) for o, k in zip(offsets, dims)]
+        assert_array_bits_equal(
+            np.asarray(d_fused)[d],
+            oracle.fused_gather_embeddings_by_input_gradient(16, ones, [o[d] for o in offsets],
+                                                             dims),
+            f"d loss / d fused, device {d}",
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # The embedding lookup of a sync training step, across the devices: every device is a worker
 # (its own raw ids) and a parameter-server shard (rows of every table for the ids it owns).
