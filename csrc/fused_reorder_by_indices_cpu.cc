@@ -2,11 +2,11 @@
 // validation: fused_reorder_by_indices.h.
 //
 // Algorithm (per batch element; all batch elements and tables run in one call, on XLA's pool):
-//   1. Dedup. One task per table (or per shard range of a very large table). It walks the table's
-//      ids once, finding or inserting each id in an open-addressing hash index (one probe per id);
-//      a new id gets the task's next unique number u, is recorded under u with its shard, and
-//      counts one more id in its block (shard, table). u goes to the raw id's slot of the offsets
-//      output, used as scratch.
+//   1. Dedup. One task per table (or per shard range of a large table, below). It walks the
+//      table's ids once, finding or inserting each id in an open-addressing hash index (one probe
+//      per id); a new id gets the task's next unique number u, is recorded under u with its shard,
+//      and counts one more id in its block (shard, table). u goes to the raw id's slot of the
+//      offsets output, used as scratch.
 //   2. Layout. From the block counts: block bases in the id output and the fused buffer, per-shard
 //      sizes, num_unique and E_tot (checked against int32).
 //   3. Scatter. The task walks its distinct ids in u order: each takes the next position of its
@@ -17,13 +17,19 @@
 // Scratch proportional to the input (the distinct ids with their shards, and the hash indexes) is
 // pooled across calls (id_index.h: Lease), so that it is not page-faulted in again every call.
 //
-// A table much larger than the others is split into shard ranges so that every thread works on it;
-// each such task keeps only the ids of its shards (blocks are per shard, so the tasks are
-// independent), at the cost of computing every raw id's shard to know whether it is its own. Such
-// a task also keeps the positions of its raw ids, for phase 3; as their number (and its distinct
-// ids') is not known in advance, they go to vectors of the task's own (ShardRangeScratch).
+// A large table is first partitioned into shard ranges of about kIdsPerRange ids each: a counting
+// pass that computes each id's shard once, then a stable placement pass, so that each range keeps
+// its ids in input order. Each range is then a task of its own, as if it were a small table: its
+// hash index stays in a core's cache, every thread works on the table, and no thread reads ids of
+// other ranges. A last pass, chunk by chunk, brings the ranges' fused offsets back to the raw
+// positions. (Measured on 2 cores, 2e6 ids in one table: 23-24 ms before, 17-20 ms partitioned;
+// the same ids in 30 tables: 12.3-12.8 ms.) A table too small to gain from that but holding more
+// than a thread's share of the call's ids is split into shard ranges by scanning instead: each
+// range's task reads all of the table's ids, keeps those of its shards and records their positions
+// (ShardRangeScratch), at the cost of computing every id's shard in every range.
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "ffi_helpers.h"
@@ -34,10 +40,23 @@
 namespace jax_distops {
 namespace {
 
-// One unit of work: the ids of table `table` in batch element `batch` whose shard is in [lo, hi).
+// One unit of work (phases 1 and 3): the ids of table `table` in batch element `batch` whose shard
+// is in [lo, hi). A whole table reads its ids in place. A shard range of a table split by
+// scanning (keep >= 0: its ShardRangeScratch) reads the whole table and keeps its own ids. A shard
+// range of a partitioned table `part` reads keys[begin, begin + count) of that table's partition.
 struct Task {
   int64_t batch, table, lo, hi;
-  int64_t keep = -1;  // a shard-range task's ShardRangeScratch; -1 for a whole-table task
+  int64_t keep = -1;
+  int64_t part = -1;
+  int64_t begin = 0, count = 0;
+};
+
+// A table partitioned into shard ranges: table `table` of batch element `batch`, `ranges` ranges
+// (tasks first_task...), its ids cut into `chunks` chunks for the partition passes; its keys and
+// uids live at [at, at + length) of PartitionScratch, its per-(chunk, range) cursors at [cursor_at,
+// cursor_at + chunks * ranges) of `cursors` (and of `cursors_back`).
+struct Partition {
+  int64_t batch, table, ranges, chunks, first_task, at, cursor_at;
 };
 
 // Per worker, reused across the tasks it runs.
@@ -49,8 +68,8 @@ struct WorkerScratch {
 // The scratch memory of a call, pooled across calls (id_index.h: Lease) so that it is not page-
 // faulted in again every call. Vectors only grow, so after the first call nothing is allocated.
 struct CallScratch {
-  // Phase 1 -> 3, for tasks that own a whole table: its distinct ids and their shards by unique
-  // number u, at the table's place among all raw ids (batch * total ids; a table has <= n distinct).
+  // Phase 1 -> 3: each task's distinct ids and their shards by unique number u, at its ids' place
+  // among all raw ids (batch * total ids; a task has at most as many distinct ids as ids).
   std::vector<uint64_t> distinct;
   std::vector<int32_t> distinct_shard;
   std::vector<WorkerScratch> workers;
@@ -74,8 +93,41 @@ struct CallScratch {
   }
 };
 
-// Ids per task below which splitting a table over shard ranges does not pay for the extra pass.
+// The partitioned tables' ids, grouped by shard range (keys), and each one's unique number in its
+// range, later its fused offset (uids); pooled like CallScratch.
+template <typename T>
+struct PartitionScratch {
+  std::vector<T> keys;
+  std::vector<int32_t> uids;
+
+  void Prepare(int64_t num_ids) {
+    if (keys.size() < static_cast<size_t>(num_ids)) {
+      keys.resize(num_ids);
+      uids.resize(num_ids);
+    }
+  }
+  void ReleaseAbove(int64_t max_bytes) {
+    const size_t bytes = keys.capacity() * (sizeof(T) + 4);
+    if (static_cast<int64_t>(bytes) > max_bytes) *this = PartitionScratch();
+  }
+};
+
+// A table of more than kPartitionAbove ids is partitioned into shard ranges of about kIdsPerRange
+// ids (and at least one per worker's share of the call's ids). (2e6 ids in one table, 2 cores:
+// ranges of 2^15 / 2^16 / 2^18 ids took 20.0-21.6 / 17.6-19.7 / 23.8-24.2 ms.) A smaller table
+// that holds more than a worker's share (and at least kMinIdsPerSplit ids) is split into that many
+// shard ranges by scanning: the partition passes cost more than the scans there, and its ranges'
+// indexes are no faster to probe (2 cores, one table of 3e5 ids and two of 2e4: 2.4-2.9 ms
+// scanning, 3.2-3.6 ms partitioned; the benchmark's 30 tables took 12.4 -> 19.3 ms when its six
+// tables of 1.4e5-2.1e5 ids were partitioned as well). The partition passes take kPartitionChunk
+// ids per task.
+constexpr int64_t kIdsPerRange = 1 << 16;
+constexpr int64_t kPartitionAbove = int64_t{1} << 19;
+constexpr int64_t kPartitionChunk = 1 << 16;
 constexpr int64_t kMinIdsPerSplit = 1 << 16;
+
+constexpr int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
 // Total ids below which the whole call runs on the calling thread (pool dispatch costs ~5-10 us).
 constexpr int64_t kMinIdsForThreads = 1 << 15;
 // Hash-index slots are prefetched this many ids ahead when the index is this large (measured:
@@ -83,9 +135,9 @@ constexpr int64_t kMinIdsForThreads = 1 << 15;
 constexpr int64_t kPrefetchDistance = 16;
 constexpr int64_t kPrefetchAboveBytes = 1 << 20;
 
-// Phase 1 of a task that owns a whole table, for its ids x[begin..end): writes each raw id's
-// unique number to raw[i], each distinct id u and its shard to distinct[u] and distinct_shard[u],
-// counts block sizes in counts[shard - lo] (lo: the first usable shard), and returns the number of
+// Phase 1 of a task (a whole table, or the keys of a range), for its ids x[begin..end): writes
+// each id's unique number to raw[i], each distinct id u and its shard to distinct[u] and
+// distinct_shard[u], counts block sizes in counts[shard - lo] (lo: the first usable shard), and returns the number of
 // distinct ids so far (`num_unique` before). Only large indexes pay for prefetching (which hides
 // their cache-miss latency).
 template <bool kPrefetch, typename T>
@@ -172,9 +224,9 @@ int32_t DedupShardRange(const T* x, int64_t begin, int64_t end, const ShardFn& s
 }
 
 // Phase 3 of a task: see the file comment. Its distinct ids and their shards were recorded in
-// phase 1 in first-occurrence order; its raw ids are raw[0..n) or, if `owned` is not null,
-// raw[owned[k]] for k < n. `ids_at` / `emb_at` point at the block bases of this task's table
-// (block (s, m) at [s * M]).
+// phase 1 in first-occurrence order; its n ids' unique numbers, raw[0..n) or, if `owned` is not
+// null, raw[owned[k]] for k < n, become fused offsets. `ids_at` / `emb_at` point at the block bases
+// of this task's table (block (s, m) at [s * M]).
 template <typename T>
 void PlaceDistinctIds(const uint64_t* distinct, const int32_t* distinct_shard, int32_t unique,
                       const int32_t* owned, int64_t n, int64_t lo, int64_t num_tables, int64_t dim,
@@ -192,6 +244,11 @@ void PlaceDistinctIds(const uint64_t* distinct, const int32_t* distinct_shard, i
   } else {
     for (int64_t k = 0; k < n; ++k) raw[owned[k]] = offset_of[raw[owned[k]]];
   }
+}
+
+// The chunk c of a partitioned table: its ids [lo, hi).
+inline std::pair<int64_t, int64_t> ChunkRange(int64_t n, int64_t chunks, int64_t c) {
+  return {n * c / chunks, n * (c + 1) / chunks};
 }
 
 template <typename T>
@@ -225,86 +282,179 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
     return InvalidArgument(op, "the ids output length does not equal the total number of input ids");
   }
 
-  // Tasks: one per (batch element, table), or per shard range for a table that holds more than a
-  // worker's share of all ids.
+  // Tasks: one per (batch element, table), or per shard range of a partitioned table.
   const int64_t workers =
       batch * total >= kMinIdsForThreads ? std::max<int64_t>(1, pool.num_threads()) : 1;
   const int64_t usable_shards = num_shards - first_shard;
   const int64_t share = std::max<int64_t>(1, batch * total / workers);
-  // Largest tasks first (tables by cost, each for every batch element): the pool's threads then
-  // finish together.
-  std::vector<int64_t> groups(num_tables), order(num_tables);
+  std::vector<int64_t> ranges(num_tables), order(num_tables);
+  std::vector<char> partitioned(num_tables);
   for (int64_t m = 0; m < num_tables; ++m) {
-    groups[m] = length[m] < kMinIdsPerSplit
-                    ? 1
-                    : std::clamp<int64_t>((length[m] + share - 1) / share, 1, usable_shards);
+    const int64_t n = length[m];
+    partitioned[m] = n > kPartitionAbove;
+    ranges[m] = partitioned[m]             ? std::max(CeilDiv(n, kIdsPerRange), CeilDiv(n, share))
+                : n >= kMinIdsPerSplit ? CeilDiv(n, share)
+                                       : 1;
+    ranges[m] = std::clamp<int64_t>(ranges[m], 1, usable_shards);
+    partitioned[m] = partitioned[m] && ranges[m] > 1;
     order[m] = m;
   }
+  // Largest tasks first (tables by ids per task, each for every batch element): the pool's threads
+  // then finish together.
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-    return length[a] / groups[a] > length[b] / groups[b];
+    return length[a] / ranges[a] > length[b] / ranges[b];
   });
   Lease<CallScratch> call_scratch;
   call_scratch->Prepare(batch * total, workers);
   std::vector<WorkerScratch>& scratch = call_scratch->workers;
   std::vector<Task>& tasks = call_scratch->tasks;
   tasks.clear();
-  int64_t num_ranges = 0;
+  std::vector<Partition> parts;
+  int64_t partitioned_ids = 0, num_cursors = 0, num_scanned = 0;
   for (int64_t m : order) {
-    const bool split_table = groups[m] > 1;
     for (int64_t b = 0; b < batch; ++b) {
-      for (int64_t g = 0; g < groups[m]; ++g) {
-        tasks.push_back({b, m, first_shard + usable_shards * g / groups[m],
-                         first_shard + usable_shards * (g + 1) / groups[m],
-                         split_table ? num_ranges++ : -1});
+      if (partitioned[m]) {
+        const int64_t chunks = CeilDiv(length[m], kPartitionChunk);
+        const int64_t first_task = static_cast<int64_t>(tasks.size());
+        parts.push_back({b, m, ranges[m], chunks, first_task, partitioned_ids, num_cursors});
+        partitioned_ids += length[m];
+        num_cursors += chunks * ranges[m];
+      }
+      for (int64_t g = 0; g < ranges[m]; ++g) {
+        const bool scanned = ranges[m] > 1 && !partitioned[m];
+        tasks.push_back({b, m, first_shard + usable_shards * g / ranges[m],
+                         first_shard + usable_shards * (g + 1) / ranges[m],
+                         scanned ? num_scanned++ : -1,
+                         partitioned[m] ? static_cast<int64_t>(parts.size()) - 1 : -1});
       }
     }
   }
   const int64_t num_tasks = static_cast<int64_t>(tasks.size());
-  std::vector<Lease<ShardRangeScratch>> keep(num_ranges);
   const int64_t blocks = num_shards * num_tables;
   const ShardFn shard_of(num_shards, first_shard);
+
+  // Partition passes of the partitioned tables, chunk by chunk: (A) each id's shard, kept in its
+  // slot of the offsets output meanwhile, and the ids per (chunk, range); (B) the ids to their
+  // ranges' keys, in input order within each range.
+  Lease<PartitionScratch<T>> partition;
+  std::vector<int64_t> cursors(num_cursors), cursors_back(num_cursors);
+  std::vector<std::pair<int64_t, int64_t>> chunk_tasks;  // (partitioned table, chunk)
+  std::vector<std::vector<int32_t>> range_of(num_tables);  // a partitioned table's range by shard
+  if (!parts.empty()) {
+    partition->Prepare(partitioned_ids);
+    for (int64_t p = 0; p < static_cast<int64_t>(parts.size()); ++p) {
+      for (int64_t c = 0; c < parts[p].chunks; ++c) chunk_tasks.push_back({p, c});
+    }
+    for (int64_t m = 0; m < num_tables; ++m) {
+      if (!partitioned[m]) continue;
+      range_of[m].assign(num_shards, 0);
+      for (int64_t g = 0; g < ranges[m]; ++g) {
+        std::fill(range_of[m].begin() + first_shard + usable_shards * g / ranges[m],
+                  range_of[m].begin() + first_shard + usable_shards * (g + 1) / ranges[m], g);
+      }
+    }
+  }
+  // Calls fn(x, raw, cursor, range_of, at, lo, hi) for chunk task t: the table's ids and raw
+  // slots, this chunk's cursors per range, and the chunk's ids [lo, hi).
+  auto for_chunk = [&](int64_t t, auto&& fn) {
+    const Partition& part = parts[chunk_tasks[t].first];
+    const int64_t m = part.table;
+    const auto [lo, hi] = ChunkRange(length[m], part.chunks, chunk_tasks[t].second);
+    fn(data[m] + part.batch * stride[m], offsets + part.batch * total + start[m],
+       cursors.data() + part.cursor_at + chunk_tasks[t].second * part.ranges, range_of[m].data(),
+       part.at, lo, hi);
+    return ffi::Error::Success();
+  };
+  const int64_t num_chunk_tasks = static_cast<int64_t>(chunk_tasks.size());
+  if (!parts.empty()) {
+    FFI_RETURN_IF_ERROR(ParallelFor(&pool, num_chunk_tasks, workers, [&](int64_t t, int64_t) {
+      return for_chunk(t, [&](const T* x, int32_t* raw, int64_t* cursor, const int32_t* range,
+                              int64_t, int64_t lo, int64_t hi) {
+        for (int64_t i = lo; i < hi; ++i) {
+          const int64_t s = shard_of(x[i]);
+          raw[i] = static_cast<int32_t>(s);
+          ++cursor[range[s]];
+        }
+      });
+    }));
+    for (const Partition& part : parts) {  // counts -> positions; each range task's keys
+      std::vector<int64_t> starts(part.ranges + 1);
+      int64_t* counts = cursors.data() + part.cursor_at;
+      CountsToPositions(counts, part.chunks, part.ranges, 0, starts.data());
+      for (int64_t g = 0; g < part.ranges; ++g) {
+        tasks[part.first_task + g].begin = starts[g];
+        tasks[part.first_task + g].count = starts[g + 1] - starts[g];
+      }
+    }
+    cursors_back = cursors;  // pass C walks the ranges again in the same order
+    T* keys = partition->keys.data();
+    FFI_RETURN_IF_ERROR(ParallelFor(&pool, num_chunk_tasks, workers, [&](int64_t t, int64_t) {
+      return for_chunk(t, [&](const T* x, const int32_t* raw, int64_t* cursor, const int32_t* range,
+                              int64_t at, int64_t lo, int64_t hi) {
+        for (int64_t i = lo; i < hi; ++i) keys[at + cursor[range[raw[i]]]++] = x[i];
+      });
+    }));
+  }
+
+  std::vector<Lease<ShardRangeScratch>> keep(num_scanned);
   std::vector<int32_t>& task_unique = call_scratch->task_unique;
   task_unique.resize(num_tasks);
   std::vector<IndexLease> indexes(workers);  // one pooled hash index per worker, for all its tasks
+  // A task's ids, the slots of their unique numbers (later fused offsets), and the place of its
+  // distinct ids: a whole table's (also read by its scanned ranges) in place; a partitioned
+  // range's in its table's partition.
+  struct TaskIds {
+    const T* x;
+    int64_t n;
+    int32_t* raw;
+    int64_t distinct_at;  // in CallScratch::distinct / distinct_shard
+  };
+  auto task_ids = [&](const Task& task) {
+    const int64_t m = task.table, at = task.batch * total + start[m];
+    if (task.part < 0) {
+      return TaskIds{data[m] + task.batch * stride[m], length[m], offsets + at, at};
+    }
+    const int64_t p = parts[task.part].at + task.begin;
+    return TaskIds{partition->keys.data() + p, task.count, partition->uids.data() + p,
+                   at + task.begin};
+  };
 
-  // Phase 1: dedup, block counts, and each raw id's unique number (kept in `offsets` meanwhile).
+  // Phase 1: dedup, block counts, and each id's unique number.
   for (int64_t b = 0; b < batch; ++b) {  // shards below first_shard get no ids
     std::fill(slot_counts + b * blocks, slot_counts + b * blocks + first_shard * num_tables, 0);
   }
   FFI_RETURN_IF_ERROR(ParallelFor(&pool, num_tasks, workers, [&](int64_t t, int64_t worker) {
     const Task& task = tasks[t];
-    const int64_t m = task.table, n = length[m];
-    const T* x = data[m] + task.batch * stride[m];
-    int32_t* raw = offsets + task.batch * total + start[m];
-    uint64_t* distinct = call_scratch->distinct.data() + task.batch * total + start[m];
-    int32_t* distinct_shard = call_scratch->distinct_shard.data() + task.batch * total + start[m];
+    const TaskIds ids = task_ids(task);
+    uint64_t* distinct = call_scratch->distinct.data() + ids.distinct_at;
+    int32_t* distinct_shard = call_scratch->distinct_shard.data() + ids.distinct_at;
     // Block sizes are counted in per-worker memory: tasks of other tables own neighbouring entries
     // of slot_counts, and sharing those cache lines between threads would cost a miss per new id.
     std::vector<int32_t>& counts = scratch[worker].counts;
     counts.assign(task.hi - task.lo, 0);
     if (task.keep >= 0) keep[task.keep]->Clear();
-    // Index sized for the whole table when small, else from a prefix (id_index.h).
+    // Index sized for all the ids when few, else from a prefix (id_index.h).
     IdIndex& index = *indexes[worker];
-    const int64_t sample = std::min(n, FirstSizing(n));
+    const int64_t sample = std::min(ids.n, FirstSizing(ids.n));
     index.Reset(sample);
     int32_t unique = 0;
-    for (int64_t begin = 0; begin < n;) {
-      const int64_t end = begin == 0 ? sample : n;
+    for (int64_t begin = 0; begin < ids.n;) {
+      const int64_t end = begin == 0 ? sample : ids.n;
       const bool prefetch = index.capacity_bytes() > kPrefetchAboveBytes;
       if (task.keep < 0) {
         const auto dedup = prefetch ? DedupTable<true, T> : DedupTable<false, T>;
-        unique = dedup(x, begin, end, shard_of, task.lo, index, counts.data(), raw, unique,
+        unique = dedup(ids.x, begin, end, shard_of, task.lo, index, counts.data(), ids.raw, unique,
                        distinct, distinct_shard);
       } else {
         const auto dedup = prefetch ? DedupShardRange<true, T> : DedupShardRange<false, T>;
-        unique = dedup(x, begin, end, shard_of, task.lo, task.hi, index, counts.data(), raw, unique,
-                       *keep[task.keep]);
+        unique = dedup(ids.x, begin, end, shard_of, task.lo, task.hi, index, counts.data(), ids.raw,
+                       unique, *keep[task.keep]);
       }
-      if (begin == 0 && end < n) index.Reserve(ExpectedUnique(unique, sample, n));
+      if (begin == 0 && end < ids.n) index.Reserve(ExpectedUnique(unique, sample, ids.n));
       begin = end;
     }
     task_unique[t] = unique;
-    int32_t* block_sizes = slot_counts + task.batch * blocks + m;  // block (s, m) at [s * M]
+    int32_t* block_sizes = slot_counts + task.batch * blocks + task.table;  // block (s, m) at [s * M]
     for (int64_t s = task.lo; s < task.hi; ++s) block_sizes[s * num_tables] = counts[s - task.lo];
     return ffi::Error::Success();
   }));
@@ -325,10 +475,10 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
     pad_before[b + 1] = pad_before[b] + total - unique;
   }
 
-  // Phase 3: distinct ids to their block positions; raw ids' unique numbers to fused offsets.
-  // Each task also zero-fills its share of the id output's padding, all batch elements' padding
-  // taken as one range (8 MiB for 1e6 ids, ~1 ms on one thread).
-  return ParallelFor(&pool, num_tasks, workers, [&](int64_t t, int64_t worker) {
+  // Phase 3: distinct ids to their block positions; unique numbers to fused offsets. Each task also
+  // zero-fills its share of the id output's padding, all batch elements' padding taken as one
+  // range (8 MiB for 1e6 ids, ~1 ms on one thread).
+  FFI_RETURN_IF_ERROR(ParallelFor(&pool, num_tasks, workers, [&](int64_t t, int64_t worker) {
     const int64_t pad = pad_before[batch];
     int64_t lo = pad * t / num_tasks;
     const int64_t hi = pad * (t + 1) / num_tasks;
@@ -340,23 +490,32 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
       lo = end;
     }
     const Task& task = tasks[t];
-    const int64_t m = task.table;
+    const TaskIds ids = task_ids(task);
     std::vector<int32_t>& positions = scratch[worker].counts;
     positions.assign(task.hi - task.lo, 0);
     std::vector<int32_t>& offset_of = scratch[worker].offsets;
     if (offset_of.size() < static_cast<size_t>(task_unique[t])) offset_of.resize(task_unique[t]);
-    const int64_t* ids_at = id_base.data() + task.batch * blocks + m;
-    const int64_t* emb_at = emb_base.data() + task.batch * blocks + m;
-    int32_t* raw = offsets + task.batch * total + start[m];
-    const int64_t at = task.batch * total + start[m];
+    const int64_t block0 = task.batch * blocks + task.table;
     const ShardRangeScratch* kept = task.keep < 0 ? nullptr : &*keep[task.keep];
-    PlaceDistinctIds(kept ? kept->distinct.data() : call_scratch->distinct.data() + at,
-                     kept ? kept->distinct_shard.data() : call_scratch->distinct_shard.data() + at,
+    PlaceDistinctIds(kept ? kept->distinct.data() : call_scratch->distinct.data() + ids.distinct_at,
+                     kept ? kept->distinct_shard.data()
+                          : call_scratch->distinct_shard.data() + ids.distinct_at,
                      task_unique[t], kept ? kept->owned.data() : nullptr,
-                     kept ? static_cast<int64_t>(kept->owned.size()) : length[m], task.lo,
-                     num_tables, dims[m], ids_at, emb_at, positions.data(), offset_of.data(),
-                     out_ids + task.batch * total, raw);
+                     kept ? static_cast<int64_t>(kept->owned.size()) : ids.n, task.lo, num_tables,
+                     dims[task.table], id_base.data() + block0, emb_base.data() + block0,
+                     positions.data(), offset_of.data(), out_ids + task.batch * total, ids.raw);
     return ffi::Error::Success();
+  }));
+
+  // Pass C: the partitioned tables' fused offsets back to their raw positions, chunk by chunk.
+  if (parts.empty()) return ffi::Error::Success();
+  cursors = std::move(cursors_back);
+  const int32_t* fused_at = partition->uids.data();
+  return ParallelFor(&pool, num_chunk_tasks, workers, [&](int64_t t, int64_t) {
+    return for_chunk(t, [&](const T*, int32_t* raw, int64_t* cursor, const int32_t* range,
+                            int64_t at, int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) raw[i] = fused_at[at + cursor[range[raw[i]]]++];
+    });
   });
 }
 

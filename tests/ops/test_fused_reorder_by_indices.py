@@ -1062,6 +1062,50 @@ def test_table_split_over_shard_ranges_next_to_whole_tables_vs_oracle(use_vmap):
     assert_result_equal(res, want, np.int64)
 
 
+def _large_table(rng, n, dtype):
+    """n ids of dtype: a third drawn from the whole range, a third from few values (heavy
+    duplicates), a third repeating earlier ids in another order; shuffled."""
+    info = np.iinfo(dtype)
+    wide = rng.integers(info.min, info.max, size=n // 3, dtype=dtype, endpoint=True)
+    few = rng.integers(0, 3_000, size=n // 3).astype(dtype)
+    table = np.concatenate([wide, few, wide[: n - 2 * (n // 3)][::-1]])
+    rng.shuffle(table)
+    return table
+
+
+@pytest.mark.parametrize(
+    "num_of_shards, rank0, dtype",
+    [(256, True, np.int64), (40, False, np.uint32), (3, True, np.int32), (2, True, np.uint64)],
+)
+def test_partitioned_table_vs_oracle(num_of_shards, rank0, dtype):
+    """A table above the kernel's partition threshold (2**19 ids) is partitioned into shard ranges
+    of ~2**16 ids whatever the number of threads (fewer ranges when fewer shards are usable; with
+    one usable shard, none), each deduped on its own, and its offsets gathered back: every range
+    must keep first-occurrence order, and every raw id its own offset."""
+    rng = np.random.default_rng(num_of_shards)
+    table = _large_table(rng, 600_000, dtype)
+    small = rng.integers(0, 100, size=70).astype(dtype)
+    dims = [8, 3]
+    res = jax.jit(lambda a, b: OP([a, b], num_of_shards, dims, rank0_empty_shard=rank0))(table, small)
+    want = oracle.fused_reorder_by_indices([table, small], num_of_shards, dims, rank0)
+    assert_result_equal(res, want, dtype)
+
+
+def test_vmap_of_partitioned_tables_vs_oracle():
+    """Two batch elements, each with a partitioned table next to a whole one, and a shared
+    partitioned table: their partitions live side by side in one call."""
+    rng = np.random.default_rng(8)
+    batch = np.stack([_large_table(rng, 540_000, np.int64) for _ in range(2)])
+    whole = rng.integers(-50, 50, size=(2, 1_000), dtype=np.int64)
+    shared = _large_table(rng, 530_000, np.int64)
+    dims = [4, 2, 1]
+    res = jax.vmap(lambda a, b, c: OP([a, b, c], 32, dims, rank0_empty_shard=False),
+                   in_axes=(0, 0, None))(batch, whole, shared)
+    want = _stack([oracle.fused_reorder_by_indices([row, w, shared], 32, dims)
+                   for row, w in zip(batch, whole)])
+    assert_result_equal(res, want, np.int64)
+
+
 # --------------------------------------------------------------------------------------------------
 # Gradients through the integer outputs
 # --------------------------------------------------------------------------------------------------
