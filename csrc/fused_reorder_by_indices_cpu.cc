@@ -115,16 +115,20 @@ struct PartitionScratch {
 // A table of more than kPartitionAbove ids is partitioned into shard ranges of about kIdsPerRange
 // ids (and at least one per worker's share of the call's ids). (2e6 ids in one table, 2 cores:
 // ranges of 2^15 / 2^16 / 2^18 ids took 20.0-21.6 / 17.6-19.7 / 23.8-24.2 ms.) A smaller table
-// that holds more than a worker's share (and at least kMinIdsPerSplit ids) is split into that many
-// shard ranges by scanning: the partition passes cost more than the scans there, and its ranges'
-// indexes are no faster to probe (2 cores, one table of 3e5 ids and two of 2e4: 2.4-2.9 ms
-// scanning, 3.2-3.6 ms partitioned; the benchmark's 30 tables took 12.4 -> 19.3 ms when its six
-// tables of 1.4e5-2.1e5 ids were partitioned as well). The partition passes take kPartitionChunk
-// ids per task.
+// that holds more than a worker's share (and at least kMinIdsPerSplit ids) is split into one shard
+// range per share. Up to kMaxScannedRanges ranges, by scanning: the partition passes cost more
+// than the scans there, and the ranges' indexes are no faster to probe (2 cores, one table of 3e5
+// ids and two of 2e4: 2.4-3.0 ms scanning, 3.2-3.6 ms partitioned; the benchmark's 30 tables took
+// 12.4 -> 19.3 ms when its six tables of 1.4e5-2.1e5 ids were partitioned as well). More ranges
+// (a pool of many threads) are partitioned, since every scanned range reads the whole table
+// (the same inputs split as for 16 threads, timed on 2: the 3e5 table 6.0 ms scanned in 15
+// ranges, 2.6 ms partitioned; the 30 tables, 2 ranges each for the largest six, 14-16 ms
+// scanned, 20.4 ms partitioned). The partition passes take kPartitionChunk ids per task.
 constexpr int64_t kIdsPerRange = 1 << 16;
 constexpr int64_t kPartitionAbove = int64_t{1} << 19;
 constexpr int64_t kPartitionChunk = 1 << 16;
 constexpr int64_t kMinIdsPerSplit = 1 << 16;
+constexpr int64_t kMaxScannedRanges = 4;
 
 constexpr int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -291,9 +295,10 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
   std::vector<char> partitioned(num_tables);
   for (int64_t m = 0; m < num_tables; ++m) {
     const int64_t n = length[m];
-    partitioned[m] = n > kPartitionAbove;
-    ranges[m] = partitioned[m]             ? std::max(CeilDiv(n, kIdsPerRange), CeilDiv(n, share))
-                : n >= kMinIdsPerSplit ? CeilDiv(n, share)
+    const int64_t shares = CeilDiv(n, share);
+    partitioned[m] = n > kPartitionAbove || (n >= kMinIdsPerSplit && shares > kMaxScannedRanges);
+    ranges[m] = partitioned[m]             ? std::max(CeilDiv(n, kIdsPerRange), shares)
+                : n >= kMinIdsPerSplit ? shares
                                        : 1;
     ranges[m] = std::clamp<int64_t>(ranges[m], 1, usable_shards);
     partitioned[m] = partitioned[m] && ranges[m] > 1;
