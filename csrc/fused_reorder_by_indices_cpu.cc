@@ -17,12 +17,13 @@
 // Scratch proportional to the input (the distinct ids with their shards, and the hash indexes) is
 // pooled across calls (id_index.h: Lease), so that it is not page-faulted in again every call.
 //
-// A large table is first partitioned into shard ranges of about kIdsPerRange ids each: a counting
-// pass that computes each id's shard once, then a stable placement pass, so that each range keeps
-// its ids in input order. Each range is then a task of its own, as if it were a small table: its
-// hash index stays in a core's cache, every thread works on the table, and no thread reads ids of
-// other ranges. A last pass, chunk by chunk, brings the ranges' fused offsets back to the raw
-// positions. (Measured on 2 cores, 2e6 ids in one table: 23-24 ms before, 17-20 ms partitioned;
+// A large table is first partitioned into shard ranges of about kIdsPerRange ids each, with the
+// routing ops' stable partition (partition.h: a counting pass, then a placement pass), so that
+// each range keeps its ids in input order. Each range is then a task of its own, as if it were a
+// small table: its hash index stays in a core's cache, every thread works on the table, and no
+// thread reads ids of other ranges. The placement pass leaves each id's place among the ranges'
+// ids in its slot of the offsets output, and a last pass replaces it by the fused offset found
+// there. (Measured on 2 cores, 2e6 ids in one table: 23-24 ms before, 17-20 ms partitioned;
 // the same ids in 30 tables: 12.3-12.8 ms.) A table too small to gain from that but holding more
 // than a thread's share of the call's ids is split into shard ranges by scanning instead: each
 // range's task reads all of the table's ids, keeps those of its shards and records their positions
@@ -35,6 +36,7 @@
 #include "ffi_helpers.h"
 #include "fused_reorder_by_indices.h"
 #include "id_index.h"
+#include "partition.h"
 #include "sharding.h"
 
 namespace jax_distops {
@@ -43,7 +45,8 @@ namespace {
 // One unit of work (phases 1 and 3): the ids of table `table` in batch element `batch` whose shard
 // is in [lo, hi). A whole table reads its ids in place. A shard range of a table split by
 // scanning (keep >= 0: its ShardRangeScratch) reads the whole table and keeps its own ids. A shard
-// range of a partitioned table `part` reads keys[begin, begin + count) of that table's partition.
+// range of a partitioned table reads keys[part + begin, part + begin + count) of PartitionScratch
+// (`part`: where that table's keys of this batch element start).
 struct Task {
   int64_t batch, table, lo, hi;
   int64_t keep = -1;
@@ -51,12 +54,16 @@ struct Task {
   int64_t begin = 0, count = 0;
 };
 
-// A table partitioned into shard ranges: table `table` of batch element `batch`, `ranges` ranges
-// (tasks first_task...), its ids cut into `chunks` chunks for the partition passes; its keys and
-// uids live at [at, at + length) of PartitionScratch, its per-(chunk, range) cursors at [cursor_at,
-// cursor_at + chunks * ranges) of `cursors` (and of `cursors_back`).
-struct Partition {
-  int64_t batch, table, ranges, chunks, first_task, at, cursor_at;
+// The shard range of a partitioned table's id x[b * stride + i]: StablePartition's part function.
+template <typename T>
+struct RangeOfId {
+  const T* x;
+  int64_t stride;
+  ShardFn shard_of;
+  const int32_t* range_of_shard;
+  int64_t operator()(int64_t b, int64_t i) const {
+    return range_of_shard[shard_of(x[b * stride + i])];
+  }
 };
 
 // Per worker, reused across the tasks it runs.
@@ -94,7 +101,8 @@ struct CallScratch {
 };
 
 // The partitioned tables' ids, grouped by shard range (keys), and each one's unique number in its
-// range, later its fused offset (uids); pooled like CallScratch.
+// range, later its fused offset (uids); pooled like CallScratch. A table's keys of batch element b
+// follow those of element b - 1.
 template <typename T>
 struct PartitionScratch {
   std::vector<T> keys;
@@ -123,7 +131,7 @@ struct PartitionScratch {
 // (a pool of many threads) are partitioned, since every scanned range reads the whole table
 // (the same inputs split as for 16 threads, timed on 2: the 3e5 table 6.0 ms scanned in 15
 // ranges, 2.6 ms partitioned; the 30 tables, 2 ranges each for the largest six, 14-16 ms
-// scanned, 20.4 ms partitioned). The partition passes take kPartitionChunk ids per task.
+// scanned, 20.4 ms partitioned). The last pass takes kPartitionChunk ids per task.
 constexpr int64_t kIdsPerRange = 1 << 16;
 constexpr int64_t kPartitionAbove = int64_t{1} << 19;
 constexpr int64_t kPartitionChunk = 1 << 16;
@@ -141,9 +149,9 @@ constexpr int64_t kPrefetchAboveBytes = 1 << 20;
 
 // Phase 1 of a task (a whole table, or the keys of a range), for its ids x[begin..end): writes
 // each id's unique number to raw[i], each distinct id u and its shard to distinct[u] and
-// distinct_shard[u], counts block sizes in counts[shard - lo] (lo: the first usable shard), and returns the number of
-// distinct ids so far (`num_unique` before). Only large indexes pay for prefetching (which hides
-// their cache-miss latency).
+// distinct_shard[u], counts block sizes in counts[shard - lo] (lo: the first usable shard), and
+// returns the number of distinct ids so far (`num_unique` before). Only large indexes pay for
+// prefetching (which hides their cache-miss latency).
 template <bool kPrefetch, typename T>
 int32_t DedupTable(const T* x, int64_t begin, int64_t end, const ShardFn& shard_of, int64_t lo,
                    IdIndex& index, int32_t* counts, int32_t* raw, int32_t num_unique,
@@ -250,7 +258,7 @@ void PlaceDistinctIds(const uint64_t* distinct, const int32_t* distinct_shard, i
   }
 }
 
-// The chunk c of a partitioned table: its ids [lo, hi).
+// The chunk c of n ids cut into `chunks` chunks: ids [lo, hi).
 inline std::pair<int64_t, int64_t> ChunkRange(int64_t n, int64_t chunks, int64_t c) {
   return {n * c / chunks, n * (c + 1) / chunks};
 }
@@ -314,23 +322,23 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
   std::vector<WorkerScratch>& scratch = call_scratch->workers;
   std::vector<Task>& tasks = call_scratch->tasks;
   tasks.clear();
-  std::vector<Partition> parts;
-  int64_t partitioned_ids = 0, num_cursors = 0, num_scanned = 0;
+  // A partitioned table's keys start at part_at[m] in PartitionScratch, and the tasks of its
+  // batch element b and range g are tasks[first_task[m] + b * ranges[m] + g].
+  std::vector<int64_t> part_at(num_tables, -1), first_task(num_tables);
+  int64_t partitioned_ids = 0, num_scanned = 0;
   for (int64_t m : order) {
+    first_task[m] = static_cast<int64_t>(tasks.size());
+    if (partitioned[m]) {
+      part_at[m] = partitioned_ids;
+      partitioned_ids += batch * length[m];
+    }
     for (int64_t b = 0; b < batch; ++b) {
-      if (partitioned[m]) {
-        const int64_t chunks = CeilDiv(length[m], kPartitionChunk);
-        const int64_t first_task = static_cast<int64_t>(tasks.size());
-        parts.push_back({b, m, ranges[m], chunks, first_task, partitioned_ids, num_cursors});
-        partitioned_ids += length[m];
-        num_cursors += chunks * ranges[m];
-      }
       for (int64_t g = 0; g < ranges[m]; ++g) {
         const bool scanned = ranges[m] > 1 && !partitioned[m];
         tasks.push_back({b, m, first_shard + usable_shards * g / ranges[m],
                          first_shard + usable_shards * (g + 1) / ranges[m],
                          scanned ? num_scanned++ : -1,
-                         partitioned[m] ? static_cast<int64_t>(parts.size()) - 1 : -1});
+                         partitioned[m] ? part_at[m] + b * length[m] : -1});
       }
     }
   }
@@ -338,67 +346,37 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
   const int64_t blocks = num_shards * num_tables;
   const ShardFn shard_of(num_shards, first_shard);
 
-  // Partition passes of the partitioned tables, chunk by chunk: (A) each id's shard, kept in its
-  // slot of the offsets output meanwhile, and the ids per (chunk, range); (B) the ids to their
-  // ranges' keys, in input order within each range.
+  // Partitioned tables: each batch element's ids grouped by shard range (a stable partition), into
+  // PartitionScratch::keys; each id's slot of the offsets output meanwhile holds its place there.
   Lease<PartitionScratch<T>> partition;
-  std::vector<int64_t> cursors(num_cursors), cursors_back(num_cursors);
-  std::vector<std::pair<int64_t, int64_t>> chunk_tasks;  // (partitioned table, chunk)
-  std::vector<std::vector<int32_t>> range_of(num_tables);  // a partitioned table's range by shard
-  if (!parts.empty()) {
-    partition->Prepare(partitioned_ids);
-    for (int64_t p = 0; p < static_cast<int64_t>(parts.size()); ++p) {
-      for (int64_t c = 0; c < parts[p].chunks; ++c) chunk_tasks.push_back({p, c});
+  if (partitioned_ids > 0) partition->Prepare(partitioned_ids);
+  for (int64_t m = 0; m < num_tables; ++m) {
+    if (!partitioned[m]) continue;
+    std::vector<int32_t> range_of_shard(num_shards, 0);
+    for (int64_t g = 0; g < ranges[m]; ++g) {
+      std::fill(range_of_shard.begin() + first_shard + usable_shards * g / ranges[m],
+                range_of_shard.begin() + first_shard + usable_shards * (g + 1) / ranges[m], g);
     }
-    for (int64_t m = 0; m < num_tables; ++m) {
-      if (!partitioned[m]) continue;
-      range_of[m].assign(num_shards, 0);
-      for (int64_t g = 0; g < ranges[m]; ++g) {
-        std::fill(range_of[m].begin() + first_shard + usable_shards * g / ranges[m],
-                  range_of[m].begin() + first_shard + usable_shards * (g + 1) / ranges[m], g);
+    const T* x = data[m];
+    const int64_t n = length[m], x_stride = stride[m];
+    StablePartition<RangeOfId<T>> by_range(
+        &pool, workers, RangeOfId<T>{x, x_stride, shard_of, range_of_shard.data()}, batch, n,
+        ranges[m]);
+    std::vector<int32_t> sizes(batch * ranges[m]);
+    FFI_RETURN_IF_ERROR(by_range.Count(op, "ids_list entry", sizes.data()));
+    T* keys = partition->keys.data() + part_at[m];
+    int32_t* raw = offsets + start[m];
+    FFI_RETURN_IF_ERROR(by_range.Run([&](int64_t b, int64_t i, int64_t dest) {
+      keys[b * n + dest] = x[b * x_stride + i];
+      raw[b * total + i] = static_cast<int32_t>(dest);
+    }));
+    for (int64_t b = 0, t = first_task[m]; b < batch; ++b) {  // each range task's keys
+      for (int64_t g = 0, begin = 0; g < ranges[m]; ++g, ++t) {
+        tasks[t].begin = begin;
+        tasks[t].count = sizes[b * ranges[m] + g];
+        begin += tasks[t].count;
       }
     }
-  }
-  // Calls fn(x, raw, cursor, range_of, at, lo, hi) for chunk task t: the table's ids and raw
-  // slots, this chunk's cursors per range, and the chunk's ids [lo, hi).
-  auto for_chunk = [&](int64_t t, auto&& fn) {
-    const Partition& part = parts[chunk_tasks[t].first];
-    const int64_t m = part.table;
-    const auto [lo, hi] = ChunkRange(length[m], part.chunks, chunk_tasks[t].second);
-    fn(data[m] + part.batch * stride[m], offsets + part.batch * total + start[m],
-       cursors.data() + part.cursor_at + chunk_tasks[t].second * part.ranges, range_of[m].data(),
-       part.at, lo, hi);
-    return ffi::Error::Success();
-  };
-  const int64_t num_chunk_tasks = static_cast<int64_t>(chunk_tasks.size());
-  if (!parts.empty()) {
-    FFI_RETURN_IF_ERROR(ParallelFor(&pool, num_chunk_tasks, workers, [&](int64_t t, int64_t) {
-      return for_chunk(t, [&](const T* x, int32_t* raw, int64_t* cursor, const int32_t* range,
-                              int64_t, int64_t lo, int64_t hi) {
-        for (int64_t i = lo; i < hi; ++i) {
-          const int64_t s = shard_of(x[i]);
-          raw[i] = static_cast<int32_t>(s);
-          ++cursor[range[s]];
-        }
-      });
-    }));
-    for (const Partition& part : parts) {  // counts -> positions; each range task's keys
-      std::vector<int64_t> starts(part.ranges + 1);
-      int64_t* counts = cursors.data() + part.cursor_at;
-      CountsToPositions(counts, part.chunks, part.ranges, 0, starts.data());
-      for (int64_t g = 0; g < part.ranges; ++g) {
-        tasks[part.first_task + g].begin = starts[g];
-        tasks[part.first_task + g].count = starts[g + 1] - starts[g];
-      }
-    }
-    cursors_back = cursors;  // pass C walks the ranges again in the same order
-    T* keys = partition->keys.data();
-    FFI_RETURN_IF_ERROR(ParallelFor(&pool, num_chunk_tasks, workers, [&](int64_t t, int64_t) {
-      return for_chunk(t, [&](const T* x, const int32_t* raw, int64_t* cursor, const int32_t* range,
-                              int64_t at, int64_t lo, int64_t hi) {
-        for (int64_t i = lo; i < hi; ++i) keys[at + cursor[range[raw[i]]]++] = x[i];
-      });
-    }));
   }
 
   std::vector<Lease<ShardRangeScratch>> keep(num_scanned);
@@ -419,7 +397,7 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
     if (task.part < 0) {
       return TaskIds{data[m] + task.batch * stride[m], length[m], offsets + at, at};
     }
-    const int64_t p = parts[task.part].at + task.begin;
+    const int64_t p = task.part + task.begin;
     return TaskIds{partition->keys.data() + p, task.count, partition->uids.data() + p,
                    at + task.begin};
   };
@@ -512,16 +490,21 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
     return ffi::Error::Success();
   }));
 
-  // Pass C: the partitioned tables' fused offsets back to their raw positions, chunk by chunk.
-  if (parts.empty()) return ffi::Error::Success();
-  cursors = std::move(cursors_back);
-  const int32_t* fused_at = partition->uids.data();
-  return ParallelFor(&pool, num_chunk_tasks, workers, [&](int64_t t, int64_t) {
-    return for_chunk(t, [&](const T*, int32_t* raw, int64_t* cursor, const int32_t* range,
-                            int64_t at, int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) raw[i] = fused_at[at + cursor[range[raw[i]]]++];
-    });
-  });
+  // Last pass: each id of a partitioned table gets the fused offset found at its place among the
+  // keys (uids now hold fused offsets), chunk by chunk.
+  for (int64_t m = 0; m < num_tables; ++m) {
+    if (!partitioned[m]) continue;
+    const int64_t n = length[m], chunks = CeilDiv(n, kPartitionChunk);
+    FFI_RETURN_IF_ERROR(ParallelFor(&pool, batch * chunks, workers, [&](int64_t t, int64_t) {
+      const int64_t b = t / chunks;
+      const auto [lo, hi] = ChunkRange(n, chunks, t % chunks);
+      int32_t* raw = offsets + b * total + start[m];
+      const int32_t* fused_at = partition->uids.data() + part_at[m] + b * n;
+      for (int64_t i = lo; i < hi; ++i) raw[i] = fused_at[raw[i]];
+      return ffi::Error::Success();
+    }));
+  }
+  return ffi::Error::Success();
 }
 
 ffi::Error FusedReorderDispatch(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Result<ffi::AnyBuffer> ids,
