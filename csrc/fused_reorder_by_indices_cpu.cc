@@ -147,22 +147,32 @@ constexpr int64_t kMinIdsForThreads = 1 << 15;
 constexpr int64_t kPrefetchDistance = 16;
 constexpr int64_t kPrefetchAboveBytes = 1 << 20;
 
+// How a task probes its hash index: a small one (IdIndex::small()) rewrites whole control groups
+// (IdIndex::FindOrInsert<true>), a large one (> kPrefetchAboveBytes) is prefetched.
+enum class Probe { kSmall, kCached, kLarge };
+
+Probe ProbeFor(const IdIndex& index) {
+  if (index.small()) return Probe::kSmall;
+  return index.capacity_bytes() > kPrefetchAboveBytes ? Probe::kLarge : Probe::kCached;
+}
+
 // Phase 1 of a task (a whole table, or the keys of a range), for its ids x[begin..end): writes
 // each id's unique number to raw[i], each distinct id u and its shard to distinct[u] and
 // distinct_shard[u], counts block sizes in counts[shard - lo] (lo: the first usable shard), and
 // returns the number of distinct ids so far (`num_unique` before). Only large indexes pay for
 // prefetching (which hides their cache-miss latency).
-template <bool kPrefetch, typename T>
+template <Probe kProbe, typename T>
 int32_t DedupTable(const T* x, int64_t begin, int64_t end, const ShardFn& shard_of, int64_t lo,
                    IdIndex& index, int32_t* counts, int32_t* raw, int32_t num_unique,
                    uint64_t* distinct, int32_t* distinct_shard) {
   for (int64_t i = begin; i < end; ++i) {
-    if (kPrefetch && i + kPrefetchDistance < end) {
-      __builtin_prefetch(index.SlotAddress(static_cast<uint64_t>(x[i + kPrefetchDistance])));
+    if (kProbe == Probe::kLarge && i + kPrefetchDistance < end) {
+      index.Prefetch(static_cast<uint64_t>(x[i + kPrefetchDistance]));
     }
     const T v = x[i];
     bool inserted;
-    const int32_t u = index.FindOrInsert(static_cast<uint64_t>(v), num_unique, &inserted);
+    const int32_t u = index.FindOrInsert<kProbe == Probe::kSmall>(static_cast<uint64_t>(v),
+                                                                  num_unique, &inserted);
     if (inserted) {
       const int64_t s = shard_of(v);
       distinct[num_unique] = static_cast<uint64_t>(v);
@@ -217,7 +227,7 @@ int32_t DedupShardRange(const T* x, int64_t begin, int64_t end, const ShardFn& s
     }
     for (int64_t k = 0; k < count; ++k) {
       if (kPrefetch && k + kPrefetchDistance < count) {
-        __builtin_prefetch(index.SlotAddress(static_cast<uint64_t>(x[own[k + kPrefetchDistance]])));
+        index.Prefetch(static_cast<uint64_t>(x[own[k + kPrefetchDistance]]));
       }
       const T v = x[own[k]];
       bool inserted;
@@ -425,7 +435,10 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
       const int64_t end = begin == 0 ? sample : ids.n;
       const bool prefetch = index.capacity_bytes() > kPrefetchAboveBytes;
       if (task.keep < 0) {
-        const auto dedup = prefetch ? DedupTable<true, T> : DedupTable<false, T>;
+        const Probe probe = ProbeFor(index);
+        const auto dedup = probe == Probe::kSmall   ? DedupTable<Probe::kSmall, T>
+                           : probe == Probe::kLarge ? DedupTable<Probe::kLarge, T>
+                                                    : DedupTable<Probe::kCached, T>;
         unique = dedup(ids.x, begin, end, shard_of, task.lo, index, counts.data(), ids.raw, unique,
                        distinct, distinct_shard);
       } else {

@@ -114,22 +114,30 @@ ffi::Error ReorderImpl(TypeTag<Index>, ffi::ThreadPool& pool, const ffi::AnyBuff
     const T* x = in + b * input_stride;
     IdIndex* index = &*indexes[worker];
     index->Reset(count);
-    int32_t indexed = 0;
-    for (int64_t k = 0; k < count; ++k) {
-      uint64_t key;
-      // Two-stage prefetch: the key two distances ahead (rows of a bucket are scattered over the
-      // input), then the index slot of the key one distance ahead (its key is in cache by now).
-      if (k + 2 * kPrefetchDistance < count) {
-        __builtin_prefetch(&x[int64_t{row[k + 2 * kPrefetchDistance]} * width]);
+    auto dedup = [&](auto rewrite_group) {  // IdIndex::FindOrInsert<true> for a small index
+      int32_t indexed = 0;
+      for (int64_t k = 0; k < count; ++k) {
+        uint64_t key;
+        // Two-stage prefetch: the key two distances ahead (rows of a bucket are scattered over the
+        // input), then the index slot of the key one distance ahead (its key is in cache by now).
+        if (k + 2 * kPrefetchDistance < count) {
+          __builtin_prefetch(&x[int64_t{row[k + 2 * kPrefetchDistance]} * width]);
+        }
+        if (k + kPrefetchDistance < count &&
+            RowKey(x[int64_t{row[k + kPrefetchDistance]} * width], &key)) {
+          index->Prefetch(key);
+        }
+        RowKey(x[int64_t{row[k]} * width], &key);
+        bool inserted;
+        index->FindOrInsert<decltype(rewrite_group)::value>(key, indexed, &inserted);
+        indexed += inserted;
+        keep[row[k]] = inserted;
       }
-      if (k + kPrefetchDistance < count && RowKey(x[int64_t{row[k + kPrefetchDistance]} * width], &key)) {
-        __builtin_prefetch(index->SlotAddress(key));
-      }
-      RowKey(x[int64_t{row[k]} * width], &key);
-      bool inserted;
-      index->FindOrInsert(key, indexed, &inserted);
-      indexed += inserted;
-      keep[row[k]] = inserted;
+    };
+    if (index->small()) {
+      dedup(std::true_type{});
+    } else {
+      dedup(std::false_type{});
     }
     return ffi::Error::Success();
   }));

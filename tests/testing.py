@@ -63,6 +63,39 @@ def id_pool(rng: np.random.Generator, id_dtype, size: int) -> np.ndarray:
     return np.array(values, dtype=id_dtype)[rng.permutation(len(values))]
 
 
+# HashId of csrc/sharding.h, which every CPU hash index and partition of the kernels is keyed by.
+_HASH_MUL = 0x9E3779B97F4A7C15
+_MASK64 = 2**64 - 1
+
+
+def kernel_hash(x: int) -> int:
+    """HashId(x) of csrc/sharding.h for a 64-bit id (as an unsigned int), transcribed."""
+    x &= _MASK64
+    return ((x ^ (x >> 31)) * _HASH_MUL) & _MASK64
+
+
+def colliding_ids(rng: np.random.Generator, n: int, prefix: int | None = None) -> np.ndarray:
+    """`n` distinct int64 ids whose kernel hash (`kernel_hash`) has the same top 40 bits, `prefix`
+    (random if None). Built by inverting the hash, so they exist at any size: the CPU kernels pick
+    an id's hash-index group from the top bits of its hash, its 7-bit tag from bits 40-46 and its
+    join / dedup partition from bits 24-35 (csrc/id_index.h), so these ids share all three in any
+    index of up to 2**20 groups: one long chain of full groups whose every tag matches. With
+    `prefix` = 2**40 - 1 their home is the index's last group, so the chain wraps around to the
+    first."""
+    inverse = pow(_HASH_MUL, -1, 2**64)
+    if prefix is None:
+        prefix = int(rng.integers(0, 2**40))
+    low = rng.choice(2**24, size=n, replace=False)
+    ids = []
+    for lo in low.tolist():
+        h = (prefix << 24) | lo
+        y = (h * inverse) & _MASK64  # undo the multiply, then the xor-shift
+        x = y ^ (y >> 31) ^ (y >> 62)
+        assert kernel_hash(x) == h, "test bug: hash inverse"
+        ids.append(x - 2**64 if x >= 2**63 else x)
+    return np.array(ids, dtype=np.int64)
+
+
 def random_floats(rng: np.random.Generator, dtype, shape, special: bool) -> np.ndarray:
     """Values spread over many magnitudes (so the summation order shows in the last bits); with
     `special`, NaN / +-0.0 / +-inf mixed in (forward only: rows are just moved)."""

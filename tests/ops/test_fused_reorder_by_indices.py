@@ -35,6 +35,7 @@ from absl.testing import parameterized
 import jax_distops
 
 import oracle  # tests/oracle.py, importable through tests/conftest.py
+from testing import colliding_ids  # tests/testing.py
 
 # The benchmark's workload builders (benchmarks/ is on sys.path through tests/conftest.py), so the
 # large tests run exactly the benchmarked workloads.
@@ -998,30 +999,20 @@ def test_index_growth_after_unrepresentative_prefix_vs_oracle(num_of_shards):
     assert_result_equal(res, want, np.int64)
 
 
-def test_ids_crowding_the_end_of_the_hash_index_vs_oracle():
-    """Ids whose home slots are the last two of the kernel's hash index (found by searching with its
-    hash, transcribed here from csrc/sharding.h and csrc/id_index.h): they form one long probe
-    chain that wraps around to the start of the index, where other ids also live."""
-    def home(x, capacity):  # HashId (uint64 arithmetic wraps), then the top 64 bits of h * capacity
-        h = (x ^ (x >> np.uint64(31))) * np.uint64(0x9E3779B97F4A7C15)
-        lo = ((h & np.uint64(0xFFFFFFFF)) * np.uint64(capacity)) >> np.uint64(32)
-        return ((h >> np.uint64(32)) * np.uint64(capacity) + lo) >> np.uint64(32)
-
-    n = 2_000
-    # IdIndex::CapacityFor(n): a table of n <= 2**15 ids is indexed whole, at load factor <= 1/4
-    # while the index takes <= 1 MiB (16-byte slots).
-    capacity = 4 * n + 2
-    candidates = np.arange(3_000_000, dtype=np.uint64)
-    homes = home(candidates, capacity)
-    ends = candidates[homes >= capacity - 2][:40].astype(np.int64).tolist()
-    starts = candidates[homes < 2][:20].astype(np.int64).tolist()
-    assert len(ends) == 40 and len(starts) == 20
-    rng = np.random.default_rng(3)
-    filler = rng.integers(10**9, 10**12, size=n - 2 * 60, dtype=np.int64)
-    table = np.concatenate([np.asarray((ends + starts) * 2, np.int64), filler])
+@pytest.mark.parametrize("wrap", [False, True], ids=["any_group", "last_group"])
+def test_ids_of_one_hash_group_vs_oracle(wrap):
+    """300 distinct ids whose hashes share their top 40 bits (testing.colliding_ids), each twice,
+    among ordinary ids: the kernel's hash index holds them in one chain of full groups in which
+    every tag matches, so each of their probes takes the slow path. With `wrap` the chain starts
+    at the index's last group and wraps around to the first, where ordinary ids live too."""
+    rng = np.random.default_rng(21)
+    crowd = colliding_ids(rng, 300, 2**40 - 1 if wrap else None)
+    filler = rng.integers(-(2**62), 2**62, size=1_500, dtype=np.int64)
+    table = np.concatenate([crowd, crowd, filler, filler[:500]])
     rng.shuffle(table)
-    res = OP([table], 4, [2], rank0_empty_shard=False)
-    want = oracle.fused_reorder_by_indices([table], 4, [2], False)
+    small = crowd[::7].copy()
+    res = jax.jit(lambda a, b: OP([a, b], 4, [2, 3], rank0_empty_shard=False))(table, small)
+    want = oracle.fused_reorder_by_indices([table, small], 4, [2, 3], False)
     assert_result_equal(res, want, np.int64)
 
 

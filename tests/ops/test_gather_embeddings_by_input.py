@@ -47,6 +47,7 @@ from testing import (  # tests/testing.py
     assert_array_bits_equal,
     assert_unable_to_map,
     batch_leaf,
+    colliding_ids,
     dtype_name,
     id_pool,
     literal_params,
@@ -532,6 +533,19 @@ def _large_case():
     inp = ids[rng.integers(0, len(ids), size=_LARGE_SHAPE)]
     inp[rng.random(_LARGE_SHAPE) < 0.2] = ids[7]  # one heavy id
     return ids, embeddings, inp, oracle.gather_embeddings_by_input(ids, embeddings, inp)
+
+
+@pytest.mark.parametrize("use_multi_threads", [False, True], ids=["st", "mt"])
+def test_ids_of_one_hash_group_vs_oracle(use_multi_threads):
+    """Ids whose hashes share their top 40 bits (testing.colliding_ids), some twice (the first row
+    wins): one chain of full groups, every tag matching, in the kernel's join index."""
+    rng = np.random.default_rng(24)
+    crowd = colliding_ids(rng, 300, None)
+    ids = np.concatenate([crowd, crowd[:40]])
+    embeddings = random_floats(rng, np.float32, (len(ids), 5), special=False)
+    inp = ids[rng.integers(0, len(ids), size=(30, 70))]
+    got = jax.jit(functools.partial(OP, use_multi_threads=use_multi_threads))(ids, embeddings, inp)
+    assert_result_equal(got, oracle.gather_embeddings_by_input(ids, embeddings, inp))
 
 
 @pytest.mark.parametrize("use_jit", [False, True], ids=["nojit", "jit"])

@@ -45,6 +45,7 @@ from testing import (  # tests/testing.py
     assert_array_bits_equal,
     assert_unable_to_map,
     batch_leaf,
+    colliding_ids,
     dtype_name,
     id_pool,
     literal_params,
@@ -560,6 +561,31 @@ def test_large_gradient_vs_oracle():
     grads = random_floats(np.random.default_rng(32), np.float32, inp.shape + (4,), special=False)
     got = jax.jit(GRAD_OP)(ids_list, inp, grads)
     assert_list_bits_equal(got, oracle.map_id_to_embedding_gradient(ids_list, inp, grads), "grad")
+
+
+@pytest.mark.parametrize("use_jit", [False, True], ids=["nojit", "jit"])
+def test_ids_of_one_hash_group_vs_oracle(use_jit):
+    """Map ids whose hashes share their top 40 bits (testing.colliding_ids), 50 of them in both
+    tables (the first wins): the kernel's id join puts them all in one partition, whose hash index
+    holds them in one chain of full groups in which every tag matches, wrapping from its last group
+    to its first. The lookups probe that chain; the gradient op joins the same way. A crowded id
+    absent from the map is still reported missing."""
+    rng = np.random.default_rng(23)
+    crowd = colliding_ids(rng, 401, 2**40 - 1)
+    absent, crowd = int(crowd[-1]), crowd[:-1]
+    ids_list = [crowd[:250], np.concatenate([crowd[200:], crowd[:10]])]
+    embeddings_list = [random_floats(rng, np.float32, (len(x), 3), special=False) for x in ids_list]
+    inp = crowd[rng.integers(0, len(crowd), size=(40, 50))]
+    fwd, grad_op = (jax.jit(f) if use_jit else f for f in (OP, GRAD_OP))
+    assert_array_bits_equal(fwd(ids_list, embeddings_list, inp),
+                            oracle.map_id_to_embedding(ids_list, embeddings_list, inp), "forward")
+    grads = random_floats(rng, np.float32, inp.shape + (3,), special=False)
+    assert_list_bits_equal(grad_op(ids_list, inp, grads),
+                           oracle.map_id_to_embedding_gradient(ids_list, inp, grads), "gradient")
+    inp[17, 3] = absent
+    with pytest.raises(runtime_errors(False)) as excinfo:  # (fwd ran before: either type)
+        np.asarray(fwd(ids_list, embeddings_list, inp))
+    assert_unable_to_map(excinfo, OP_NAME, absent)
 
 
 @pytest.mark.parametrize("ids_batched", [True, False], ids=["own_map", "shared_map"])

@@ -34,7 +34,13 @@ from absl.testing import parameterized
 import jax_distops
 
 import oracle  # tests/oracle.py, importable through tests/conftest.py
-from testing import assert_array_bits_equal, bits, dtype_name, runtime_errors  # tests/testing.py
+from testing import (  # tests/testing.py
+    assert_array_bits_equal,
+    bits,
+    colliding_ids,
+    dtype_name,
+    runtime_errors,
+)
 
 OP = jax_distops.reorder_by_indices
 FIELDS = ("output", "shard_sizes", "num_unique")
@@ -447,6 +453,18 @@ class ReorderByIndicesVariantsTest(chex.TestCase):
     def test_special_vs_oracle(self, rows, shard_ids, num_of_shards):
         res = self.variant(lambda x, s: OP(x, s, num_of_shards))(rows, shard_ids)
         assert_result_equal(res, oracle.reorder_by_indices(rows, shard_ids, num_of_shards))
+
+
+def test_ids_of_one_hash_group_vs_oracle():
+    """Rows whose ids hash alike in their top 40 bits (testing.colliding_ids): one partition of the
+    kernel, and in it one chain of full hash-index groups in which every tag matches."""
+    rng = np.random.default_rng(29)
+    crowd = colliding_ids(rng, 400, 2**40 - 1)
+    rows = np.concatenate([crowd, crowd[::3], rng.integers(0, 10**6, size=600)])
+    rng.shuffle(rows)
+    shard_ids = rng.integers(0, 6, size=len(rows)).astype(np.int32)
+    res = jax.jit(lambda x, s: OP(x, s, 6))(rows, shard_ids)
+    assert_result_equal(res, oracle.reorder_by_indices(rows, shard_ids, 6))
 
 
 @pytest.mark.parametrize(
