@@ -236,7 +236,11 @@ class IdIndex {
       numbers_.GrowDiscarding(static_cast<size_t>(slots));
     }
     void ClearControl(int64_t groups) {
-      std::memset(control(), 0, static_cast<size_t>(groups * kGroup));
+      if (groups <= kSmallGroups) {  // inline 16-byte stores: a library call costs more per tiny table
+        for (int64_t g = 0; g < groups; ++g) std::memset(control() + g * kGroup, 0, kGroup);
+      } else {
+        std::memset(control(), 0, static_cast<size_t>(groups * kGroup));
+      }
     }
     void swap(Slots& other) {
       control_.swap(other.control_);
