@@ -142,7 +142,7 @@ constexpr int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Total ids below which the whole call runs on the calling thread (pool dispatch costs ~5-10 us).
 constexpr int64_t kMinIdsForThreads = 1 << 15;
-// Hash-index slots are prefetched this many ids ahead when the index is this large (measured:
+// Hash-index groups are prefetched this many ids ahead when the index is this large (measured:
 // for smaller indexes prefetching neither helps nor hurts; for 4 MiB ones it saves 25%).
 constexpr int64_t kPrefetchDistance = 16;
 constexpr int64_t kPrefetchAboveBytes = 1 << 20;

@@ -193,16 +193,8 @@ class IdIndex {
   // The number of `key`, or -1 if it was never inserted (numbers are >= 0).
   int32_t Find(uint64_t key) const {
     if (groups_ == 0) return -1;
-    const uint64_t h = HashId(key);
-    const Control tag = Tag(h);
-    for (int64_t g = Home(h);; g = g + 1 == groups_ ? 0 : g + 1) {
-      const Match m = MatchGroup(slots_.control() + g * kGroup, tag);
-      for (uint32_t bits = m.tag; bits != 0; bits &= bits - 1) {
-        const int64_t at = g * kGroup + __builtin_ctz(bits);
-        if (slots_.keys()[at] == key) return slots_.numbers()[at];
-      }
-      if (m.empty != 0) return -1;
-    }
+    const Place place = Locate(slots_, groups_, key, HashId(key));
+    return place.found ? slots_.numbers()[place.at] : -1;
   }
 
  private:
@@ -313,48 +305,52 @@ class IdIndex {
     return std::max<int64_t>(kMinGroups, (slots + kGroup - 1) / kGroup);
   }
 
-  int64_t Home(uint64_t h) const {
-    return static_cast<int64_t>(MulHi64(h, static_cast<uint64_t>(groups_)));
+  static int64_t HomeGroup(uint64_t h, int64_t groups) {
+    return static_cast<int64_t>(MulHi64(h, static_cast<uint64_t>(groups)));
   }
+  int64_t Home(uint64_t h) const { return HomeGroup(h, groups_); }
 
   void SetGroups(Slots& slots, int64_t groups) {
     slots.GrowDiscarding(groups * kGroup);
     groups_ = groups;
   }
 
-  // Inserts a key known to be absent (Rehash), into the first empty slot from its home group on.
-  static void Place(Slots& slots, int64_t groups, uint64_t key, int32_t number) {
-    const uint64_t h = HashId(key);
-    for (int64_t g = static_cast<int64_t>(MulHi64(h, static_cast<uint64_t>(groups)));;
-         g = g + 1 == groups ? 0 : g + 1) {
-      const uint32_t empty = MatchGroup(slots.control() + g * kGroup, Control{0}).empty;
-      if (empty != 0) {
-        const int64_t at = g * kGroup + __builtin_ctz(empty);
-        slots.control()[at] = Tag(h);
-        slots.keys()[at] = key;
-        slots.numbers()[at] = number;
-        return;
+  // Where `key` (whose hash is h) is in `slots` of `groups` groups, or (found = false) the empty
+  // slot that ends the chain of full groups from its home group: where it goes.
+  struct Place {
+    int64_t at;
+    bool found;
+  };
+  static Place Locate(const Slots& slots, int64_t groups, uint64_t key, uint64_t h) {
+    const Control tag = Tag(h);
+    for (int64_t g = HomeGroup(h, groups);; g = g + 1 == groups ? 0 : g + 1) {
+      const Match m = MatchGroup(slots.control() + g * kGroup, tag);
+      for (uint32_t bits = m.tag; bits != 0; bits &= bits - 1) {
+        const int64_t at = g * kGroup + __builtin_ctz(bits);
+        if (slots.keys()[at] == key) return {at, true};
       }
+      if (m.empty != 0) return {g * kGroup + __builtin_ctz(m.empty), false};
     }
+  }
+
+  static void Store(Slots& slots, int64_t at, uint64_t h, uint64_t key, int32_t number) {
+    slots.control()[at] = Tag(h);
+    slots.keys()[at] = key;
+    slots.numbers()[at] = number;
   }
 
   // FindOrInsert's other cases: returns the key's number, or ~value if it was inserted now.
   __attribute__((noinline)) int64_t FindOrInsertSlow(uint64_t key, uint64_t h, int32_t value) {
-    const Control tag = Tag(h);
-    for (int64_t g = Home(h);; g = g + 1 == groups_ ? 0 : g + 1) {
-      const Match m = MatchGroup(slots_.control() + g * kGroup, tag);
-      for (uint32_t bits = m.tag; bits != 0; bits &= bits - 1) {
-        const int64_t at = g * kGroup + __builtin_ctz(bits);
-        if (slots_.keys()[at] == key) return slots_.numbers()[at];
-      }
-      if (m.empty != 0) {
-        const int64_t at = g * kGroup + __builtin_ctz(m.empty);
-        slots_.control()[at] = tag;
-        slots_.keys()[at] = key;
-        slots_.numbers()[at] = value;
-        return ~int64_t{value};
-      }
-    }
+    const Place place = Locate(slots_, groups_, key, h);
+    if (place.found) return slots_.numbers()[place.at];
+    Store(slots_, place.at, h, key, value);
+    return ~int64_t{value};
+  }
+
+  // Inserts a key known to be absent (Rehash).
+  static void Insert(Slots& slots, int64_t groups, uint64_t key, int32_t number) {
+    const uint64_t h = HashId(key);
+    Store(slots, Locate(slots, groups, key, h).at, h, key, number);
   }
 
   // Re-places the contents into `groups` groups. Small contents (an index reused at a small size,
@@ -373,13 +369,13 @@ class IdIndex {
       }
       SetGroups(slots_, groups);
       slots_.ClearControl(groups);
-      for (const auto& [key, number] : live) Place(slots_, groups, key, number);
+      for (const auto& [key, number] : live) Insert(slots_, groups, key, number);
       return;
     }
     spare_.GrowDiscarding(groups * kGroup);
     spare_.ClearControl(groups);
     for (int64_t j = 0; j < old_slots; ++j) {
-      if (slots_.control()[j] != Control{0}) Place(spare_, groups, slots_.keys()[j], slots_.numbers()[j]);
+      if (slots_.control()[j] != Control{0}) Insert(spare_, groups, slots_.keys()[j], slots_.numbers()[j]);
     }
     slots_.swap(spare_);
     groups_ = groups;

@@ -47,7 +47,7 @@ bool RowKey(T v, uint64_t* key) {
 #define DISTOPS_REORDER_TYPES(X) DISTOPS_ID_TYPES(X) X(F32, float) X(F64, double)
 
 // Rows per dedup bucket: its index (~2 x 16 B per distinct key) then fits well inside the core's
-// L2 cache. Index slots are prefetched this many rows ahead.
+// L2 cache. Index groups are prefetched this many rows ahead.
 constexpr int64_t kRowsPerBucket = 1 << 14;
 constexpr int64_t kMaxBuckets = 256;
 constexpr int64_t kPrefetchDistance = 16;
