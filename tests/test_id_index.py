@@ -18,7 +18,7 @@ COMPILER = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
 def test_id_index_against_unordered_map(tmp_path, flags):
     binary = tmp_path / "id_index_check"
     subprocess.run(
-        [COMPILER, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", *flags,
+        [COMPILER, "-std=c++17", "-O1", "-Wall", "-Wextra", *flags,
          "-I", os.path.join(ROOT, "csrc"), os.path.join(ROOT, "tests", "cpp", "id_index_check.cc"),
          "-o", str(binary)],
         check=True,
