@@ -30,6 +30,7 @@
 // (ShardRangeScratch), at the cost of computing every id's shard in every range.
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -151,9 +152,14 @@ constexpr int64_t kPrefetchAboveBytes = 1 << 20;
 // (IdIndex::FindOrInsert<true>), a large one (> kPrefetchAboveBytes) is prefetched.
 enum class Probe { kSmall, kCached, kLarge };
 
-Probe ProbeFor(const IdIndex& index) {
-  if (index.small()) return Probe::kSmall;
-  return index.capacity_bytes() > kPrefetchAboveBytes ? Probe::kLarge : Probe::kCached;
+// Calls fn(std::integral_constant<Probe, p>{}) with the way p to probe `index` at its present size.
+template <typename Fn>
+decltype(auto) WithProbe(const IdIndex& index, Fn&& fn) {
+  if (index.small()) return fn(std::integral_constant<Probe, Probe::kSmall>{});
+  if (index.capacity_bytes() > kPrefetchAboveBytes) {
+    return fn(std::integral_constant<Probe, Probe::kLarge>{});
+  }
+  return fn(std::integral_constant<Probe, Probe::kCached>{});
 }
 
 // Phase 1 of a task (a whole table, or the keys of a range), for its ids x[begin..end): writes
@@ -211,7 +217,7 @@ constexpr int64_t kOwnedBatch = 512;
 // DedupTable for the ids of its shards, recording them in `keep`. The ids are first sorted out
 // kOwnedBatch at a time without a branch (a branch on whether an id is the task's own would
 // mispredict for every other id with two tasks), then deduped.
-template <bool kPrefetch, typename T>
+template <Probe kProbe, typename T>
 int32_t DedupShardRange(const T* x, int64_t begin, int64_t end, const ShardFn& shard_of,
                         int64_t lo, int64_t hi, IdIndex& index, int32_t* counts, int32_t* raw,
                         int32_t num_unique, ShardRangeScratch& keep) {
@@ -226,12 +232,13 @@ int32_t DedupShardRange(const T* x, int64_t begin, int64_t end, const ShardFn& s
       count += (s >= lo) & (s < hi);
     }
     for (int64_t k = 0; k < count; ++k) {
-      if (kPrefetch && k + kPrefetchDistance < count) {
+      if (kProbe == Probe::kLarge && k + kPrefetchDistance < count) {
         index.Prefetch(static_cast<uint64_t>(x[own[k + kPrefetchDistance]]));
       }
       const T v = x[own[k]];
       bool inserted;
-      const int32_t u = index.FindOrInsert(static_cast<uint64_t>(v), num_unique, &inserted);
+      const int32_t u = index.FindOrInsert<kProbe == Probe::kSmall>(static_cast<uint64_t>(v),
+                                                                    num_unique, &inserted);
       if (inserted) {
         keep.distinct.push_back(static_cast<uint64_t>(v));
         keep.distinct_shard.push_back(own_shard[k]);
@@ -433,19 +440,15 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
     int32_t unique = 0;
     for (int64_t begin = 0; begin < ids.n;) {
       const int64_t end = begin == 0 ? sample : ids.n;
-      const bool prefetch = index.capacity_bytes() > kPrefetchAboveBytes;
-      if (task.keep < 0) {
-        const Probe probe = ProbeFor(index);
-        const auto dedup = probe == Probe::kSmall   ? DedupTable<Probe::kSmall, T>
-                           : probe == Probe::kLarge ? DedupTable<Probe::kLarge, T>
-                                                    : DedupTable<Probe::kCached, T>;
-        unique = dedup(ids.x, begin, end, shard_of, task.lo, index, counts.data(), ids.raw, unique,
-                       distinct, distinct_shard);
-      } else {
-        const auto dedup = prefetch ? DedupShardRange<true, T> : DedupShardRange<false, T>;
-        unique = dedup(ids.x, begin, end, shard_of, task.lo, task.hi, index, counts.data(), ids.raw,
-                       unique, *keep[task.keep]);
-      }
+      unique = WithProbe(index, [&](auto probe) {
+        constexpr Probe kProbe = decltype(probe)::value;
+        if (task.keep < 0) {
+          return DedupTable<kProbe>(ids.x, begin, end, shard_of, task.lo, index, counts.data(),
+                                    ids.raw, unique, distinct, distinct_shard);
+        }
+        return DedupShardRange<kProbe>(ids.x, begin, end, shard_of, task.lo, task.hi, index,
+                                       counts.data(), ids.raw, unique, *keep[task.keep]);
+      });
       if (begin == 0 && end < ids.n) index.Reserve(ExpectedUnique(unique, sample, ids.n));
       begin = end;
     }

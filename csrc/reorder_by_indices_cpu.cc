@@ -119,7 +119,7 @@ ffi::Error ReorderImpl(TypeTag<Index>, ffi::ThreadPool& pool, const ffi::AnyBuff
       for (int64_t k = 0; k < count; ++k) {
         uint64_t key;
         // Two-stage prefetch: the key two distances ahead (rows of a bucket are scattered over the
-        // input), then the index slot of the key one distance ahead (its key is in cache by now).
+        // input), then the index group of the key one distance ahead (its key is in cache by now).
         if (k + 2 * kPrefetchDistance < count) {
           __builtin_prefetch(&x[int64_t{row[k + 2 * kPrefetchDistance]} * width]);
         }
