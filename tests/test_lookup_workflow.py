@@ -32,7 +32,7 @@ import pytest
 
 import jax_distops
 
-from testing import assert_array_bits_equal  # tests/testing.py
+from testing import assert_array_bits_equal, quarters  # tests/testing.py
 
 ID_LO = -50  # ids lie in [ID_LO, ID_LO + VOCAB); the dense tables are indexed by id - ID_LO
 VOCAB = 100
@@ -76,10 +76,7 @@ def _make_inputs(lengths, dims, num_shards, id_dtype, seed):
         ]
         for n in range(num_shards)
     ]
-    upstream = [
-        (rng.integers(-8, 9, size=(length, d)) / 4).astype(np.float32)
-        for length, d in zip(lengths, dims)
-    ]
+    upstream = [quarters(rng, (length, d)) for length, d in zip(lengths, dims)]
     return ids_list, tables, upstream
 
 

@@ -20,7 +20,7 @@ from jax.sharding import PartitionSpec as P
 
 import jax_distops
 import oracle  # tests/oracle.py
-from testing import assert_array_bits_equal  # tests/testing.py
+from testing import assert_array_bits_equal, quarters  # tests/testing.py
 
 pytestmark = pytest.mark.multidevice
 
@@ -40,10 +40,6 @@ def mesh():
 
 def _smap(mesh, f, in_specs, out_specs):
     return jax.jit(jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs))
-
-
-def _quarters(rng, shape):
-    return (rng.integers(-8, 9, size=shape) / 4).astype(np.float32)
 
 
 def test_fused_reorder_per_device(mesh):
@@ -72,9 +68,9 @@ def test_map_id_to_embedding_replicated_tables(mesh):
         np.array([5, -3, 9, 5], np.int64),
         np.array([11, 2, -3], np.int64),
     ]  # dups: first wins
-    tables = [_quarters(rng, (4, 3)), _quarters(rng, (3, 3))]
+    tables = [quarters(rng, (4, 3)), quarters(rng, (3, 3))]
     inputs = rng.choice(np.concatenate(ids_list), size=D * 6)
-    upstream = _quarters(rng, (D * 6, 3))
+    upstream = quarters(rng, (D * 6, 3))
 
     forward = _smap(mesh, jax_distops.map_id_to_embedding, (P(), P(), P(AXIS)), P(AXIS))
     want = oracle.map_id_to_embedding(ids_list, tables, inputs)
@@ -110,9 +106,9 @@ def test_gather_embeddings_by_input_replicated_table(mesh):
     D = mesh.size
     rng = np.random.default_rng(2)
     ids = np.array([40, -1, 7, 12, 7, 3], np.int64)
-    embeddings = _quarters(rng, (6, 2))
+    embeddings = quarters(rng, (6, 2))
     inputs = rng.choice(ids, size=D * 5)
-    upstream = _quarters(rng, (D * 5, 2))
+    upstream = quarters(rng, (D * 5, 2))
 
     forward = _smap(
         mesh,
@@ -147,9 +143,9 @@ def test_vmap_inside_shard_map(mesh):
     D = mesh.size
     rng = np.random.default_rng(6)
     ids = np.array([3, 8, -2, 5], np.int64)
-    embeddings = _quarters(rng, (4, 2))
+    embeddings = quarters(rng, (4, 2))
     inputs = rng.choice(ids, size=(D * 2, 5))  # each device: a batch of 2 rows of 5 ids
-    upstream = _quarters(rng, (D * 2, 5, 2))
+    upstream = quarters(rng, (D * 2, 5, 2))
 
     def loss(e, x, g):
         def per_device(e, x, g):
@@ -175,11 +171,11 @@ def test_fused_gather_per_device_buffers_and_replicated_scale(mesh):
     D = mesh.size
     rng = np.random.default_rng(3)
     dims, lengths, size = (3, 1, 2), (5, 4, 0), 12
-    fused = _quarters(rng, (D, size))
+    fused = quarters(rng, (D, size))
     offsets = [
         rng.integers(0, size - d + 1, size=(D, n)).astype(np.int32) for d, n in zip(dims, lengths)
     ]
-    upstream = [_quarters(rng, (D, n, d)) for d, n in zip(dims, lengths)]
+    upstream = [quarters(rng, (D, n, d)) for d, n in zip(dims, lengths)]
 
     def forward(f, offs):
         return [
@@ -215,7 +211,7 @@ def test_fused_gather_per_device_buffers_and_replicated_scale(mesh):
             per_device, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)), out_specs=P(AXIS)
         )(scale, gs, offs)
 
-    weights = _quarters(rng, (D, size))
+    weights = quarters(rng, (D, size))
     got_scaled = jax.jit(scaled)(np.float32(0.5), upstream, offsets)
     got_d_scale = jax.jit(jax.grad(lambda s: jnp.sum(scaled(s, upstream, offsets) * weights)))(
         np.float32(0.5)
@@ -243,7 +239,7 @@ def test_routing_ops_per_device(mesh):
     rng = np.random.default_rng(4)
     S = 3
     indices = rng.integers(0, S, size=(D, 7)).astype(np.int32)
-    tensor = _quarters(rng, (D, 7, 2))
+    tensor = quarters(rng, (D, 7, 2))
     keys = rng.integers(-5, 5, size=(D, 9)).astype(np.int64)
     shard_ids = rng.integers(0, S, size=(D, 9)).astype(np.int32)
     values = rng.integers(-9, 9, size=(D, 8)).astype(np.int64)
@@ -251,7 +247,7 @@ def test_routing_ops_per_device(mesh):
     row_splits = np.stack(
         [np.concatenate([[0], np.sort(rng.integers(0, 9, size=4)), [8]]) for _ in range(D)]
     ).astype(np.int64)
-    upstream = _quarters(rng, (D, 7, 2))
+    upstream = quarters(rng, (D, 7, 2))
 
     def per_device(i, t, k, s, v, vi, rs):
         split = jax_distops.split_by_indices(i[0], t[0], S)
@@ -361,7 +357,7 @@ def test_some_per_device_operands_empty(mesh):
     rng = np.random.default_rng(7)
     dims = (2, 3)
     ids = [rng.integers(-9, 9, size=(D, 5)).astype(np.int64), np.zeros((D, 0), np.int64)]
-    fused = _quarters(rng, (D, 16))
+    fused = quarters(rng, (D, 16))
     offsets = [rng.integers(0, 15, size=(D, 5)).astype(np.int32), np.zeros((D, 0), np.int32)]
 
     def per_device(a, b, f, o0, o1):
@@ -466,8 +462,8 @@ def test_sharded_embedding_lookup_and_its_gradient(mesh):
     ids = [rng.integers(id_lo, id_lo + vocab, size=(S, n)).astype(np.int64) for n in (9, 6)]
     for x in ids:
         x[:, 1] = x[:, 0]  # a duplicate on every device
-    tables = [_quarters(rng, (S, VOCAB_PER_SHARD, d)) for d in DIMS]  # [shard, row, dim]
-    upstream = [_quarters(rng, (S, x.shape[1], d)) for x, d in zip(ids, DIMS)]
+    tables = [quarters(rng, (S, VOCAB_PER_SHARD, d)) for d in DIMS]  # [shard, row, dim]
+    upstream = [quarters(rng, (S, x.shape[1], d)) for x, d in zip(ids, DIMS)]
 
     def step(tables, ids):
         return jax.shard_map(

@@ -14,13 +14,9 @@ import pytest
 
 import jax_distops
 import oracle  # tests/oracle.py
-from testing import assert_array_bits_equal  # tests/testing.py
+from testing import assert_array_bits_equal, quarters  # tests/testing.py
 
 B = 3  # batch size
-
-
-def _quarters(rng, shape):
-    return (rng.integers(-8, 9, size=shape) / 4).astype(np.float32)
 
 
 def _check_grad(loss, args, argnums, want, use_jit):
@@ -39,9 +35,9 @@ JIT = pytest.mark.parametrize("use_jit", [False, True], ids=["eager", "jit"])
 def test_map_id_to_embedding_shared_tables(use_jit):
     rng = np.random.default_rng(0)
     ids_list = [np.array([4, -1, 9, 4], np.int64), np.array([7, 2], np.int64)]
-    tables = [_quarters(rng, (4, 3)), _quarters(rng, (2, 3))]
+    tables = [quarters(rng, (4, 3)), quarters(rng, (2, 3))]
     inputs = rng.choice(np.concatenate(ids_list), size=(B, 5))
-    w = _quarters(rng, (B, 5, 3))
+    w = quarters(rng, (B, 5, 3))
 
     def loss(tables):
         out = jax.vmap(lambda x: jax_distops.map_id_to_embedding(ids_list, tables, x))(inputs)
@@ -56,8 +52,8 @@ def test_map_id_to_embedding_gradient_shared_grads(use_jit):
     rng = np.random.default_rng(1)
     ids_list = [np.array([4, -1, 9], np.int64), np.array([7, 2], np.int64)]
     inputs = rng.choice(np.concatenate(ids_list), size=(B, 5))
-    grads = _quarters(rng, (5, 2))
-    w = [_quarters(rng, (B, 3, 2)), _quarters(rng, (B, 2, 2))]  # upstream of the table gradients
+    grads = quarters(rng, (5, 2))
+    w = [quarters(rng, (B, 3, 2)), quarters(rng, (B, 2, 2))]  # upstream of the table gradients
 
     def loss(grads):
         outs = jax.vmap(
@@ -77,9 +73,9 @@ def test_map_id_to_embedding_gradient_shared_grads(use_jit):
 def test_gather_embeddings_by_input_shared_embeddings(use_jit, dtype):
     rng = np.random.default_rng(2)
     ids = np.array([30, -4, 8, 30, 1], np.int64)
-    embeddings = _quarters(rng, (5, 2)).astype(dtype)
+    embeddings = quarters(rng, (5, 2)).astype(dtype)
     inputs = rng.choice(ids, size=(B, 6))
-    w = _quarters(rng, (B, 6, 2)).astype(dtype)
+    w = quarters(rng, (B, 6, 2)).astype(dtype)
 
     def loss(e):
         out = jax.vmap(lambda x: jax_distops.gather_embeddings_by_input(ids, e, x).output)(inputs)
@@ -95,8 +91,8 @@ def test_gather_embeddings_by_ids_gradient_shared_grads(use_jit):
     rng = np.random.default_rng(3)
     ids = np.array([30, -4, 8, 1], np.int64)
     mappings = rng.integers(0, len(ids), size=(B, 6))
-    grads = _quarters(rng, (6, 2))
-    w = _quarters(rng, (B, len(ids), 2))
+    grads = quarters(rng, (6, 2))
+    w = quarters(rng, (B, len(ids), 2))
 
     def loss(g):
         per = lambda m: jax_distops.gather_embeddings_by_ids_gradient_back_prop(ids, g, m)
@@ -110,11 +106,11 @@ def test_gather_embeddings_by_ids_gradient_shared_grads(use_jit):
 def test_fused_gather_shared_buffer(use_jit):
     rng = np.random.default_rng(4)
     dims, size = (3, 1), 10
-    fused = _quarters(rng, (size,))
+    fused = quarters(rng, (size,))
     offsets = [
         rng.integers(0, size - d + 1, size=(B, n)).astype(np.int32) for d, n in zip(dims, (4, 5))
     ]
-    w = [_quarters(rng, (B, o.shape[1], d)) for o, d in zip(offsets, dims)]
+    w = [quarters(rng, (B, o.shape[1], d)) for o, d in zip(offsets, dims)]
 
     def loss(f):
         outs = jax.vmap(lambda *o: jax_distops.fused_gather_embeddings_by_input(f, list(o), dims))(
@@ -139,8 +135,8 @@ def test_fused_gather_gradient_shared_grads_and_scale(use_jit, scale_batched):
     offsets = [
         rng.integers(0, size - d + 1, size=(B, n)).astype(np.int32) for d, n in zip(dims, (3, 4))
     ]
-    grads = [_quarters(rng, (o.shape[1], d)) for o, d in zip(offsets, dims)]
-    w = _quarters(rng, (B, size))
+    grads = [quarters(rng, (o.shape[1], d)) for o, d in zip(offsets, dims)]
+    w = quarters(rng, (B, size))
     scale = np.array([0.5, 2.0, -1.0], np.float32) if scale_batched else np.float32(0.5)
 
     def loss(grads, scale):
@@ -172,8 +168,8 @@ def test_split_by_indices_shared_tensor_and_gradient_grads(use_jit):
     rng = np.random.default_rng(6)
     S = 3
     indices = rng.integers(0, S, size=(B, 6)).astype(np.int32)
-    tensor = _quarters(rng, (6, 2))
-    w = _quarters(rng, (B, 6, 2))
+    tensor = quarters(rng, (6, 2))
+    w = quarters(rng, (B, 6, 2))
 
     def split_loss(t):
         return jnp.sum(

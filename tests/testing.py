@@ -96,6 +96,12 @@ def colliding_ids(rng: np.random.Generator, n: int, prefix: int | None = None) -
     return np.array(ids, dtype=np.int64)
 
 
+def quarters(rng: np.random.Generator, shape) -> np.ndarray:
+    """float32 multiples of 1/4 in [-2, 2]: sums of a few of them are exact in float32 whatever
+    the order, so gradients can be compared bit for bit."""
+    return (rng.integers(-8, 9, size=shape) / 4).astype(np.float32)
+
+
 def random_floats(rng: np.random.Generator, dtype, shape, special: bool) -> np.ndarray:
     """Values spread over many magnitudes (so the summation order shows in the last bits); with
     `special`, NaN / +-0.0 / +-inf mixed in (forward only: rows are just moved)."""
