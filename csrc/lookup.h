@@ -15,6 +15,7 @@
 
 #include "ffi_helpers.h"
 #include "id_index.h"
+#include "partition.h"
 #include "rows.h"
 
 namespace jax_distops {
@@ -25,7 +26,8 @@ inline constexpr int64_t kLookupRowsPerTask = 1 << 14;
 // (Gathering 1e6 rows of 64 bytes: 8.8-9.1 ms 16 ahead, 6.9-7.3 ms 32 ahead, about the same 64 ahead.)
 inline constexpr int64_t kLookupPrefetch = 32;
 inline constexpr int64_t kScatterPrefetch = 64;
-// ScatterAddByRange: output rows per range (about this many bytes), lookups per counting task.
+// ScatterAddByRange: output rows per range (about this many bytes); it is taken for at least
+// kScatterChunkRows lookups.
 inline constexpr size_t kScatterRangeBytes = size_t{256} << 10;
 inline constexpr int64_t kScatterChunkRows = 1 << 16;
 
@@ -363,12 +365,12 @@ ffi::Error GatherRows(ffi::ThreadPool* pool, int64_t workers, int64_t batch, int
 }
 
 // ScatterAddRows for one batch element b of a large output, in parallel and in the same order:
-// the adds are first sorted by output row range (a count pass and a placement pass over the
-// lookups, in chunks; k order kept within each range), then each range is zeroed and summed by
-// one task, in k order, in a slice of the output small enough to stay in the core's cache. Every
-// output row gets the same adds in the same order as the sequential loop, so the sums are
-// bit-identical to it whatever the thread count. Float and double only (bfloat16 sums in a float32
-// scratch on the sequential path).
+// the adds are first sorted by output row range (partition.h's StablePartition, whose passes run
+// over chunks of the lookups in parallel and keep k order within each range), then each range is
+// zeroed and summed by one task, in k order, in a slice of the output small enough to stay in the
+// core's cache. Every output row gets the same adds in the same order as the sequential loop, so
+// the sums are bit-identical to it whatever the thread count. Float and double only (bfloat16 sums
+// in a float32 scratch on the sequential path).
 struct ScatterScratch {
   std::vector<uint64_t> adds;  // (row << 32) | k, range by range
   void ReleaseAbove(int64_t max_bytes) {
@@ -385,31 +387,19 @@ ffi::Error ScatterAddByRange(ffi::ThreadPool* pool, int64_t workers, int64_t b, 
   int shift = 0;  // ranges of 2^shift rows, about kScatterRangeBytes each
   while ((size_t{2} << shift) * row_bytes <= kScatterRangeBytes) ++shift;
   const int64_t ranges = ((rows - 1) >> shift) + 1;
-  const int64_t chunks = std::clamp<int64_t>(n / kScatterChunkRows, 1, 4 * workers);
-  std::vector<int64_t> cursor(chunks * ranges, 0);  // counts, then placement positions
-  auto chunk_begin = [&](int64_t c) { return n * c / chunks; };
-  FFI_RETURN_IF_ERROR(ParallelFor(pool, chunks, workers, [&](int64_t c, int64_t) {
-    int64_t* count = cursor.data() + c * ranges;
-    for (int64_t k = chunk_begin(c); k < chunk_begin(c + 1); ++k) {
-      const int64_t r = resolver.Row(b, k);
-      if (r < 0) return resolver.Error(b, k);
-      ++count[r >> shift];
-    }
-    return ffi::Error::Success();
-  }));
-  std::vector<int64_t> range_start(ranges + 1);
-  CountsToPositions(cursor.data(), chunks, ranges, 0, range_start.data());
+  // The range of add k (a bad row, -1, has none: StablePartition then reports it).
+  auto range_of = [&resolver, b, shift](int64_t, int64_t k) { return resolver.Row(b, k) >> shift; };
+  StablePartition<decltype(range_of)> by_range(pool, workers, range_of, 1, n, ranges);
+  std::vector<int32_t> sizes(ranges);
+  FFI_RETURN_IF_ERROR(
+      by_range.Count(sizes.data(), [&](int64_t, int64_t k) { return resolver.Error(b, k); }));
+  std::vector<int64_t> range_start(ranges + 1, 0);
+  for (int64_t q = 0; q < ranges; ++q) range_start[q + 1] = range_start[q] + sizes[q];
   Lease<ScatterScratch> scratch;
   std::vector<uint64_t>& adds = scratch->adds;
   if (adds.size() < static_cast<size_t>(n)) adds.resize(n);
-  FFI_RETURN_IF_ERROR(ParallelFor(pool, chunks, workers, [&](int64_t c, int64_t) {
-    int64_t* next = cursor.data() + c * ranges;
-    uint64_t* out = adds.data();
-    for (int64_t k = chunk_begin(c); k < chunk_begin(c + 1); ++k) {
-      const uint64_t r = static_cast<uint64_t>(resolver.Row(b, k));
-      out[next[r >> shift]++] = r << 32 | static_cast<uint64_t>(k);
-    }
-    return ffi::Error::Success();
+  FFI_RETURN_IF_ERROR(by_range.Run([&](int64_t, int64_t k, int64_t dest) {
+    adds[dest] = static_cast<uint64_t>(resolver.Row(b, k)) << 32 | static_cast<uint64_t>(k);
   }));
   return ParallelFor(pool, ranges, workers, [&](int64_t q, int64_t) {
     const int64_t r0 = q << shift, r1 = std::min(rows, (q + 1) << shift);

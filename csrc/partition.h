@@ -53,8 +53,16 @@ class StablePartition {
     next_.assign(batch * chunks_ * num_splits, 0);
   }
 
-  // Pass 1 and the prefix sums. Fails on a part outside [0, num_splits) (and not kSkipRow).
+  // Pass 1 and the prefix sums. Fails on a part outside [0, num_splits) (and not kSkipRow), with
+  // IndexOutOfRange naming `arg`, or with the error bad(b, i) when given.
   ffi::Error Count(const char* op, const char* arg, int32_t* sizes) {
+    return Count(sizes, [&](int64_t b, int64_t i) {
+      return IndexOutOfRange(op, arg, part_(b, i), b * n_ + i, splits_);
+    });
+  }
+
+  template <typename Bad>
+  ffi::Error Count(int32_t* sizes, Bad&& bad) {
     FFI_RETURN_IF_ERROR(ParallelFor(pool_, batch_ * chunks_, workers_, [&](int64_t t, int64_t) {
       const int64_t b = t / chunks_, c = t % chunks_;
       // Locals, not members, in the loops: the counter stores could alias the members, which the
@@ -66,7 +74,7 @@ class StablePartition {
         const int64_t s = part(b, i);
         if (static_cast<uint64_t>(s) >= static_cast<uint64_t>(splits)) {
           if (s == kSkipRow) continue;
-          return IndexOutOfRange(op, arg, s, b * n_ + i, splits);
+          return bad(b, i);
         }
         ++count[s];
       }

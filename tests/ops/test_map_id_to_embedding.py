@@ -1229,3 +1229,19 @@ def test_wide_gradient_vs_oracle():
     got = jax.jit(GRAD_OP)(ids_list, inp, grads)
     for s in range(len(sizes)):
         assert_array_bits_equal(got[s], want[s], f"table {s}")
+
+
+def test_wide_gradient_reports_first_missing_id():
+    """Missing ids in two counting tasks of the parallel range-by-range path: the first one, in
+    lookup order, is named (not whichever task fails first)."""
+    rng = np.random.default_rng(45)
+    sizes = (60_000, 50_000, 40_000)
+    ids = rng.permutation(sum(sizes)).astype(np.int64)
+    ids_list = list(np.split(ids, np.cumsum(sizes)[:-1]))
+    inp = ids[rng.integers(0, len(ids), size=200_000)]
+    inp[150_000] = 10**12  # a missing id in a later task
+    inp[70_000] = 10**12 + 7  # the first missing id
+    grads = random_floats(rng, np.float32, inp.shape + (16,), special=False)
+    with pytest.raises(runtime_errors(use_jit=False)) as excinfo:
+        np.asarray(jax.jit(GRAD_OP)(ids_list, inp, grads)[0])
+    assert_unable_to_map(excinfo, "map_id_to_embedding_gradient_back_prop", 10**12 + 7)
