@@ -26,10 +26,10 @@ inline constexpr int64_t kLookupRowsPerTask = 1 << 14;
 // (Gathering 1e6 rows of 64 bytes: 8.8-9.1 ms 16 ahead, 6.9-7.3 ms 32 ahead, about the same 64 ahead.)
 inline constexpr int64_t kLookupPrefetch = 32;
 inline constexpr int64_t kScatterPrefetch = 64;
-// ScatterAddByRange: output rows per range (about this many bytes); it is taken for at least
-// kScatterChunkRows lookups.
+// ScatterAddByRange: output rows per range (about this many bytes), and the fewest lookups for
+// which ScatterAddRows takes it.
 inline constexpr size_t kScatterRangeBytes = size_t{256} << 10;
-inline constexpr int64_t kScatterChunkRows = 1 << 16;
+inline constexpr int64_t kScatterByRangeMinLookups = 1 << 16;
 
 // Workers of a lookup call: the pool's threads, or only the calling thread when the user asked for
 // one thread (Monolith's use_multi_threads = false). Small calls run inline whatever this says:
@@ -446,7 +446,7 @@ ffi::Error ScatterAddRows(ffi::ThreadPool* pool, int64_t workers, int64_t batch,
     });
   }
   if constexpr (kDirect) {  // fewer batch elements than workers: each one's adds in parallel
-    if (workers > 1 && batch < workers && large && n >= kScatterChunkRows &&
+    if (workers > 1 && batch < workers && large && n >= kScatterByRangeMinLookups &&
         n <= std::numeric_limits<int32_t>::max() && rows <= std::numeric_limits<int32_t>::max()) {
       for (int64_t b = 0; b < batch; ++b) {
         FFI_RETURN_IF_ERROR(ScatterAddByRange(pool, workers, b, n, grads + b * grads_stride, width,
