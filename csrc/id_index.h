@@ -113,8 +113,8 @@ class IdIndex {
  public:
   // Empties the index and sizes it for `expected_unique` ids.
   void Reset(int64_t expected_unique) {
-    SetGroups(slots_, GroupsFor(expected_unique));
-    slots_.ClearControl(groups_);
+    groups_ = GroupsFor(expected_unique);
+    slots_.Empty(groups_);
   }
 
   // Grows the index (keeping its contents) if it is smaller than `expected_unique` ids need.
@@ -209,7 +209,7 @@ class IdIndex {
   static constexpr int64_t kSlotBytes = 1 + 8 + 4;  // control byte, key, number
 
   // The slots of an index: control bytes, keys and numbers, in arrays of their own. Grown only
-  // (GrowDiscarding), so a reused index allocates nothing.
+  // (Empty), so a reused index allocates nothing.
   class Slots {
    public:
     int64_t slots() const {  // (each array's size is rounded up on its own)
@@ -221,17 +221,18 @@ class IdIndex {
     const uint64_t* keys() const { return &keys_[0]; }
     int32_t* numbers() { return &numbers_[0]; }
     const int32_t* numbers() const { return &numbers_[0]; }
-    void GrowDiscarding(int64_t slots) {
-      if (slots <= this->slots()) return;
-      control_.GrowDiscarding(static_cast<size_t>(slots));
-      keys_.GrowDiscarding(static_cast<size_t>(slots));
-      numbers_.GrowDiscarding(static_cast<size_t>(slots));
-    }
-    void ClearControl(int64_t groups) {
+    // Makes it hold `groups` empty groups, dropping what it held (grown, if at all, without copying).
+    void Empty(int64_t groups) {
+      const int64_t n = groups * kGroup;
+      if (n > slots()) {
+        control_.GrowDiscarding(static_cast<size_t>(n));
+        keys_.GrowDiscarding(static_cast<size_t>(n));
+        numbers_.GrowDiscarding(static_cast<size_t>(n));
+      }
       if (groups <= kSmallGroups) {  // inline 16-byte stores: a library call costs more per tiny table
         for (int64_t g = 0; g < groups; ++g) std::memset(control() + g * kGroup, 0, kGroup);
       } else {
-        std::memset(control(), 0, static_cast<size_t>(groups * kGroup));
+        std::memset(control(), 0, static_cast<size_t>(n));
       }
     }
     void swap(Slots& other) {
@@ -310,11 +311,6 @@ class IdIndex {
   }
   int64_t Home(uint64_t h) const { return HomeGroup(h, groups_); }
 
-  void SetGroups(Slots& slots, int64_t groups) {
-    slots.GrowDiscarding(groups * kGroup);
-    groups_ = groups;
-  }
-
   // Where `key` (whose hash is h) is in `slots` of `groups` groups, or (found = false) the empty
   // slot that ends the chain of full groups from its home group: where it goes.
   struct Place {
@@ -367,13 +363,12 @@ class IdIndex {
       for (int64_t j = 0; j < old_slots; ++j) {
         if (slots_.control()[j] != Control{0}) live.emplace_back(slots_.keys()[j], slots_.numbers()[j]);
       }
-      SetGroups(slots_, groups);
-      slots_.ClearControl(groups);
+      slots_.Empty(groups);
+      groups_ = groups;
       for (const auto& [key, number] : live) Insert(slots_, groups, key, number);
       return;
     }
-    spare_.GrowDiscarding(groups * kGroup);
-    spare_.ClearControl(groups);
+    spare_.Empty(groups);
     for (int64_t j = 0; j < old_slots; ++j) {
       if (slots_.control()[j] != Control{0}) Insert(spare_, groups, slots_.keys()[j], slots_.numbers()[j]);
     }
