@@ -370,9 +370,9 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
   for (int64_t m = 0; m < num_tables; ++m) {
     if (!partitioned[m]) continue;
     std::vector<int32_t> range_of_shard(num_shards, 0);
-    for (int64_t g = 0; g < ranges[m]; ++g) {
-      std::fill(range_of_shard.begin() + first_shard + usable_shards * g / ranges[m],
-                range_of_shard.begin() + first_shard + usable_shards * (g + 1) / ranges[m], g);
+    for (int64_t g = 0; g < ranges[m]; ++g) {  // the shards of range g: those of its tasks
+      const Task& range = tasks[first_task[m] + g];
+      std::fill(range_of_shard.begin() + range.lo, range_of_shard.begin() + range.hi, g);
     }
     const T* x = data[m];
     const int64_t n = length[m], x_stride = stride[m];
