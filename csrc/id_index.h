@@ -89,12 +89,15 @@ class ZeroedArray {
 };
 
 // Open addressing over groups of 16 slots (as in Abseil's "Swiss tables"): each slot has a control
-// byte, 0 when empty, else 0x80 | 7 bits of the key's hash (its tag); keys and numbers sit in
-// arrays of their own. A key's home group is picked by the high bits of its hash times the group
-// count (any count: an index sized for its data stays as small as possible and more often fits a
-// core's L2 cache); a group that is full overflows into the next one. A group fills from its first
-// slot and keys are never removed, so a key is in the occupied prefix of its home group, or of a
-// later group when all before it were full.
+// byte, 0 when empty, else 0x80 | 7 bits of the key's hash (its tag). The control bytes sit in an
+// array of their own; each slot's key and number share a 12-byte entry in another, so a probe that
+// finds its key reads both from one cache line (measured against keys and numbers in arrays of
+// their own, fused_reorder on 2 cores, alternating processes: Monolith's benchmark 10.7-11.2 ->
+// 10.1-10.4 ms, its fused test 4.4-4.7 -> 4.3-4.4 ms). A key's home group is picked by the high
+// bits of its hash times the group count (any count: an index sized for its data stays as small as
+// possible and more often fits a core's L2 cache); a group that is full overflows into the next
+// one. A group fills from its first slot and keys are never removed, so a key is in the occupied
+// prefix of its home group, or of a later group when all before it were full.
 //
 // One probe compares the key's tag with the 16 control bytes of its home group at once (SSE2; a
 // plain loop elsewhere). The common outcomes -- the first tag match holds the key, or no tag
@@ -135,14 +138,13 @@ class IdIndex {
     groups_ = 0;
   }
 
-  // Prefetches what a probe for `key` reads first: its home group's control bytes and keys.
+  // Prefetches what a probe for `key` reads first: its home group's control bytes and entries.
   // Always inlined: GCC deems a function whose only effect is a prefetch pure and may delete calls.
   __attribute__((always_inline)) void Prefetch(uint64_t key) const {
     const int64_t g = Home(HashId(key));
     __builtin_prefetch(slots_.control() + g * kGroup);
-    __builtin_prefetch(slots_.keys() + g * kGroup);
-    __builtin_prefetch(slots_.keys() + g * kGroup + kGroup / 2);
-    __builtin_prefetch(slots_.numbers() + g * kGroup);
+    const char* entries = reinterpret_cast<const char*>(slots_.entries() + g * kGroup);
+    for (int line = 0; line < 3; ++line) __builtin_prefetch(entries + 64 * line);
   }
 
   // Whether the index is small enough (<= kSmallGroups groups) that FindOrInsert<true> pays.
@@ -171,21 +173,21 @@ class IdIndex {
     const int64_t base = Home(h) * kGroup;
     const Match m = MatchGroup(slots_.control() + base, tag);
     const int64_t first = base + __builtin_ctz(m.tag | (1u << kGroup));  // past the group if none
-    const bool found = m.tag != 0 && slots_.keys()[std::min(first, base + kGroup - 1)] == key;
+    const bool found = m.tag != 0 && slots_.entries()[std::min(first, base + kGroup - 1)].key == key;
     if (__builtin_expect(!found && (m.tag != 0 || m.empty == 0), 0)) {
       const int64_t slow = FindOrInsertSlow(key, h, value);  // (no pointer to *inserted escapes)
       *inserted = slow < 0;
       return static_cast<int32_t>(slow < 0 ? ~slow : slow);
     }
     const int64_t at = found ? first : base + __builtin_ctz(m.empty);
-    const int32_t number = found ? slots_.numbers()[at] : value;
+    const int32_t number = found ? slots_.entries()[at].number : value;
     if (kRewriteGroup) {
       SetControl(slots_.control() + base, at - base, tag);
     } else {
       slots_.control()[at] = tag;
     }
-    slots_.keys()[at] = key;
-    slots_.numbers()[at] = number;
+    slots_.entries()[at].key = key;
+    slots_.entries()[at].number = number;
     *inserted = !found;
     return number;
   }
@@ -194,7 +196,7 @@ class IdIndex {
   int32_t Find(uint64_t key) const {
     if (groups_ == 0) return -1;
     const Place place = Locate(slots_, groups_, key, HashId(key));
-    return place.found ? slots_.numbers()[place.at] : -1;
+    return place.found ? slots_.entries()[place.at].number : -1;
   }
 
  private:
@@ -206,28 +208,31 @@ class IdIndex {
   // A control byte. Not a character type: a store through an unsigned char may alias anything, so
   // after each one the compiler would reload every pointer of the index from memory.
   enum class Control : uint8_t {};
-  static constexpr int64_t kSlotBytes = 1 + 8 + 4;  // control byte, key, number
+  // A slot's key and number. Packed: 12 bytes, so that 16 of them fill 3 cache lines exactly.
+  struct __attribute__((packed)) Entry {
+    uint64_t key;
+    int32_t number;
+  };
+  static_assert(sizeof(Entry) * kGroup == 3 * 64);
+  static constexpr int64_t kSlotBytes = 1 + sizeof(Entry);  // control byte, key, number
 
-  // The slots of an index: control bytes, keys and numbers, in arrays of their own. Grown only
+  // The slots of an index: control bytes and entries, in arrays of their own. Grown only
   // (Empty), so a reused index allocates nothing.
   class Slots {
    public:
     int64_t slots() const {  // (each array's size is rounded up on its own)
-      return static_cast<int64_t>(std::min({control_.size(), keys_.size(), numbers_.size()}));
+      return static_cast<int64_t>(std::min({control_.size(), entries_.size()}));
     }
     Control* control() { return &control_[0]; }
     const Control* control() const { return &control_[0]; }
-    uint64_t* keys() { return &keys_[0]; }
-    const uint64_t* keys() const { return &keys_[0]; }
-    int32_t* numbers() { return &numbers_[0]; }
-    const int32_t* numbers() const { return &numbers_[0]; }
+    Entry* entries() { return &entries_[0]; }
+    const Entry* entries() const { return &entries_[0]; }
     // Makes it hold `groups` empty groups, dropping what it held (grown, if at all, without copying).
     void Empty(int64_t groups) {
       const int64_t n = groups * kGroup;
       if (n > slots()) {
         control_.GrowDiscarding(static_cast<size_t>(n));
-        keys_.GrowDiscarding(static_cast<size_t>(n));
-        numbers_.GrowDiscarding(static_cast<size_t>(n));
+        entries_.GrowDiscarding(static_cast<size_t>(n));
       }
       if (groups <= kSmallGroups) {  // inline 16-byte stores: a library call costs more per tiny table
         for (int64_t g = 0; g < groups; ++g) std::memset(control() + g * kGroup, 0, kGroup);
@@ -237,19 +242,16 @@ class IdIndex {
     }
     void swap(Slots& other) {
       control_.swap(other.control_);
-      keys_.swap(other.keys_);
-      numbers_.swap(other.numbers_);
+      entries_.swap(other.entries_);
     }
     void Release() {
       control_.Release();
-      keys_.Release();
-      numbers_.Release();
+      entries_.Release();
     }
 
    private:
     ZeroedArray<Control> control_;
-    ZeroedArray<uint64_t> keys_;
-    ZeroedArray<int32_t> numbers_;
+    ZeroedArray<Entry> entries_;
   };
 
   // Bit j of `tag`: control byte j of the group equals the tag; of `empty`: it is 0.
@@ -323,7 +325,7 @@ class IdIndex {
       const Match m = MatchGroup(slots.control() + g * kGroup, tag);
       for (uint32_t bits = m.tag; bits != 0; bits &= bits - 1) {
         const int64_t at = g * kGroup + __builtin_ctz(bits);
-        if (slots.keys()[at] == key) return {at, true};
+        if (slots.entries()[at].key == key) return {at, true};
       }
       if (m.empty != 0) return {g * kGroup + __builtin_ctz(m.empty), false};
     }
@@ -331,14 +333,14 @@ class IdIndex {
 
   static void Store(Slots& slots, int64_t at, uint64_t h, uint64_t key, int32_t number) {
     slots.control()[at] = Tag(h);
-    slots.keys()[at] = key;
-    slots.numbers()[at] = number;
+    slots.entries()[at].key = key;
+    slots.entries()[at].number = number;
   }
 
   // FindOrInsert's other cases: returns the key's number, or ~value if it was inserted now.
   __attribute__((noinline)) int64_t FindOrInsertSlow(uint64_t key, uint64_t h, int32_t value) {
     const Place place = Locate(slots_, groups_, key, h);
-    if (place.found) return slots_.numbers()[place.at];
+    if (place.found) return slots_.entries()[place.at].number;
     Store(slots_, place.at, h, key, value);
     return ~int64_t{value};
   }
@@ -361,7 +363,9 @@ class IdIndex {
     if (slots_.slots() >= groups * kGroup && old_slots * kSlotBytes <= kSparseIndexBytes) {
       std::vector<std::pair<uint64_t, int32_t>> live;
       for (int64_t j = 0; j < old_slots; ++j) {
-        if (slots_.control()[j] != Control{0}) live.emplace_back(slots_.keys()[j], slots_.numbers()[j]);
+        if (slots_.control()[j] != Control{0}) {
+          live.emplace_back(uint64_t{slots_.entries()[j].key}, int32_t{slots_.entries()[j].number});
+        }
       }
       slots_.Empty(groups);
       groups_ = groups;
@@ -370,7 +374,9 @@ class IdIndex {
     }
     spare_.Empty(groups);
     for (int64_t j = 0; j < old_slots; ++j) {
-      if (slots_.control()[j] != Control{0}) Insert(spare_, groups, slots_.keys()[j], slots_.numbers()[j]);
+      if (slots_.control()[j] != Control{0}) {
+        Insert(spare_, groups, slots_.entries()[j].key, slots_.entries()[j].number);
+      }
     }
     slots_.swap(spare_);
     groups_ = groups;
