@@ -478,9 +478,7 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
   // zero-fills its share of the id output's padding, all batch elements' padding taken as one
   // range (8 MiB for 1e6 ids, ~1 ms on one thread).
   FFI_RETURN_IF_ERROR(ParallelFor(&pool, num_tasks, workers, [&](int64_t t, int64_t worker) {
-    const int64_t pad = pad_before[batch];
-    int64_t lo = pad * t / num_tasks;
-    const int64_t hi = pad * (t + 1) / num_tasks;
+    auto [lo, hi] = ChunkRange(pad_before[batch], num_tasks, t);  // this task's padding
     for (int64_t b = std::upper_bound(pad_before.begin(), pad_before.end(), lo) - pad_before.begin() - 1;
          lo < hi; ++b) {
       const int64_t end = std::min(hi, pad_before[b + 1]);  // within element b's padding

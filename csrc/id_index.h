@@ -361,15 +361,13 @@ class IdIndex {
   __attribute__((noinline)) void Rehash(int64_t groups) {
     const int64_t old_slots = groups_ * kGroup;
     if (slots_.slots() >= groups * kGroup && old_slots * kSlotBytes <= kSparseIndexBytes) {
-      std::vector<std::pair<uint64_t, int32_t>> live;
+      std::vector<Entry> live;
       for (int64_t j = 0; j < old_slots; ++j) {
-        if (slots_.control()[j] != Control{0}) {
-          live.emplace_back(uint64_t{slots_.entries()[j].key}, int32_t{slots_.entries()[j].number});
-        }
+        if (slots_.control()[j] != Control{0}) live.push_back(slots_.entries()[j]);
       }
       slots_.Empty(groups);
       groups_ = groups;
-      for (const auto& [key, number] : live) Insert(slots_, groups, key, number);
+      for (const Entry& e : live) Insert(slots_, groups, e.key, e.number);
       return;
     }
     spare_.Empty(groups);
