@@ -120,7 +120,9 @@ struct IdArrays {
 // looked-up ids are partitioned without their positions and no answer is stored at a random place
 // (against 16-byte entries carrying positions, answers stored at them: the gather forward of 1e6
 // lookups of 5e5 ids, d16, calls of both interleaved in one process, 12.5 -> 12.1 and 13.1 -> 12.7
-// ms; of 1e6 ids 13.9 -> 13.4 ms; the map forward and gradient unchanged). P is chosen so that a partition's index fits a core's L2 cache: probing one hash index
+// ms; of 1e6 ids 13.9 -> 13.4 ms; the map forward and gradient unchanged).
+//
+// P is chosen so that a partition's index fits a core's L2 cache: probing one hash index
 // of a million ids instead misses the cache on every insert and every lookup. (Measured, 1e6 ids
 // and 1e6 lookups, one thread: 12.5 ms partitioned against 23.5 ms direct; it also runs the build
 // in parallel over partitions, which the direct build could not do without a branch per id.)
@@ -211,7 +213,8 @@ class IdRows {
         });
       } else {
         uint64_t* to = sc.queries.data();
-        for_each(t / chunks, t % chunks, [&](uint64_t key, int64_t) { to[at[Part(key, parts)]++] = key; });
+        for_each(t / chunks, t % chunks,
+                 [&](uint64_t key, int64_t) { to[at[Part(key, parts)]++] = key; });
       }
       return ffi::Error::Success();
     }));
