@@ -9,7 +9,8 @@ Every test here is ``@pytest.mark.gpu``: skipped without a GPU, a failure under
 * the same ops placed on the host CPU device (``jax.default_device`` or CPU-committed operands)
   run in the GPU process, forwards and gradients, with the results of the numpy oracle.
 
-When an op gets its CUDA kernel, it leaves ``GPU_LESS_CASES`` for its own GPU tests.
+When an op gets its CUDA kernel, it leaves ``GPU_LESS_CASES`` for its own GPU tests and joins
+``GPU_KERNEL_OPS`` (tests/test_op_coverage.py checks that the two together name every public op).
 """
 
 import jax
@@ -31,7 +32,10 @@ SPLIT = np.array([2, 0, 1, 2, 0, 1], np.int32)
 ROWS = np.arange(12, dtype=np.float32).reshape(6, 2)
 OFFSETS = np.array([0, 8, 4, 4, 2, 6], np.int32)
 
-# (op, function of the operands, operands): every public op, small valid data.
+# Ops with a CUDA kernel of their own (none yet).
+GPU_KERNEL_OPS = ()
+
+# (op, function of the operands, operands): every other public op, small valid data.
 GPU_LESS_CASES = [
     ("fused_reorder_by_indices",
      lambda a, b: tuple(jax_distops.fused_reorder_by_indices([a, b], 4, (2, 3))), (INPUT, IDS)),

@@ -4,7 +4,8 @@ Three test modules run every op under a condition of their own, each from its ow
 operands differ): inside ``shard_map`` with empty per-device operands (test_shard_map), under
 ``jax.vmap`` over an empty batch (test_zero_size_batch), and in a process whose default backend is
 a GPU (test_gpu_backend, whose tests need a GPU; its list is checked here on any machine). A new op
-must join all three lists; this test fails until it has.
+must join all three lists; this test fails until it has. (An op with a CUDA kernel leaves
+test_gpu_backend's list for ``GPU_KERNEL_OPS`` there.)
 """
 
 import pytest
@@ -24,7 +25,8 @@ def _public_ops():
 @pytest.mark.parametrize("module, cases", [
     ("test_shard_map", test_shard_map._EMPTY_CASES),
     ("test_zero_size_batch", test_zero_size_batch._cases()),
-    ("test_gpu_backend", test_gpu_backend.GPU_LESS_CASES),
+    ("test_gpu_backend",
+     test_gpu_backend.GPU_LESS_CASES + [(name,) for name in test_gpu_backend.GPU_KERNEL_OPS]),
 ], ids=lambda x: x if isinstance(x, str) else "")
 def test_case_list_covers_every_public_op(module, cases):
     names = [case[0] for case in cases]
