@@ -379,8 +379,8 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
     StablePartition<RangeOfId<T>> by_range(
         &pool, workers, RangeOfId<T>{x, x_stride, shard_of, range_of_shard.data()}, batch, n,
         ranges[m]);
-    std::vector<int32_t> sizes(batch * ranges[m]);
-    FFI_RETURN_IF_ERROR(by_range.Count(op, "ids_list entry", sizes.data()));
+    std::vector<int64_t> range_start(batch * (ranges[m] + 1));  // [b][range], then the end
+    FFI_RETURN_IF_ERROR(by_range.Count(op, "ids_list entry", nullptr, range_start.data()));
     T* keys = partition->keys.data() + part_at[m];
     int32_t* raw = offsets + start[m];
     FFI_RETURN_IF_ERROR(by_range.Run([&](int64_t b, int64_t i, int64_t dest) {
@@ -388,10 +388,10 @@ ffi::Error FusedReorderImpl(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi
       raw[b * total + i] = static_cast<int32_t>(dest);
     }));
     for (int64_t b = 0, t = first_task[m]; b < batch; ++b) {  // each range task's keys
-      for (int64_t g = 0, begin = 0; g < ranges[m]; ++g, ++t) {
-        tasks[t].begin = begin;
-        tasks[t].count = sizes[b * ranges[m] + g];
-        begin += tasks[t].count;
+      const int64_t* start = range_start.data() + b * (ranges[m] + 1);
+      for (int64_t g = 0; g < ranges[m]; ++g, ++t) {
+        tasks[t].begin = start[g];
+        tasks[t].count = start[g + 1] - start[g];
       }
     }
   }

@@ -431,11 +431,9 @@ ffi::Error ScatterAddByRange(ffi::ThreadPool* pool, int64_t workers, int64_t b, 
   // The range of add k (a bad row, -1, has none: StablePartition then reports it).
   auto range_of = [&resolver, b, shift](int64_t, int64_t k) { return resolver.Row(b, k) >> shift; };
   StablePartition<decltype(range_of)> by_range(pool, workers, range_of, 1, n, ranges);
-  std::vector<int32_t> sizes(ranges);
-  FFI_RETURN_IF_ERROR(
-      by_range.Count(sizes.data(), [&](int64_t, int64_t k) { return resolver.Error(b, k); }));
-  std::vector<int64_t> range_start(ranges + 1, 0);
-  for (int64_t q = 0; q < ranges; ++q) range_start[q + 1] = range_start[q] + sizes[q];
+  std::vector<int64_t> range_start(ranges + 1);
+  FFI_RETURN_IF_ERROR(by_range.Count(nullptr, range_start.data(),
+                                     [&](int64_t, int64_t k) { return resolver.Error(b, k); }));
   Lease<ScatterScratch> scratch;
   std::vector<uint64_t>& adds = scratch->adds;
   if (adds.size() < static_cast<size_t>(n)) adds.resize(n);

@@ -35,7 +35,8 @@ inline constexpr int64_t kSkipRow = std::numeric_limits<int64_t>::min();
 
 // Partition plan: for `batch` batch elements of `n` rows each, split into `num_splits` parts by
 // `part(b, i)` (validated to lie in [0, num_splits), or kSkipRow).
-//   Count(): rows per split of each batch element (also written to `sizes[b * S + s]` as int32);
+//   Count(): rows per split of each batch element (written to `sizes[b * S + s]` as int32, and/or
+//            as the first position of each split, then the end, to `starts[b * (S + 1) + s]`);
 //   Run(visit): calls visit(b, i, dest) for every row, dest = its split-major stable position.
 template <typename PartFn>
 class StablePartition {
@@ -54,15 +55,16 @@ class StablePartition {
   }
 
   // Pass 1 and the prefix sums. Fails on a part outside [0, num_splits) (and not kSkipRow), with
-  // IndexOutOfRange naming `arg`, or with the error bad(b, i) when given.
-  ffi::Error Count(const char* op, const char* arg, int32_t* sizes) {
-    return Count(sizes, [&](int64_t b, int64_t i) {
+  // IndexOutOfRange naming `arg`, or with the error bad(b, i) when given. `sizes` and `starts` may
+  // each be null.
+  ffi::Error Count(const char* op, const char* arg, int32_t* sizes, int64_t* starts = nullptr) {
+    return Count(sizes, starts, [&](int64_t b, int64_t i) {
       return IndexOutOfRange(op, arg, part_(b, i), b * n_ + i, splits_);
     });
   }
 
   template <typename Bad>
-  ffi::Error Count(int32_t* sizes, Bad&& bad) {
+  ffi::Error Count(int32_t* sizes, int64_t* starts, Bad&& bad) {
     FFI_RETURN_IF_ERROR(ParallelFor(pool_, batch_ * chunks_, workers_, [&](int64_t t, int64_t) {
       const int64_t b = t / chunks_, c = t % chunks_;
       // Locals, not members, in the loops: the counter stores could alias the members, which the
@@ -80,12 +82,14 @@ class StablePartition {
       }
       return ffi::Error::Success();
     }));
-    std::vector<int64_t> first(splits_ + 1);
+    std::vector<int64_t> first(sizes != nullptr && starts == nullptr ? splits_ + 1 : 0);
     for (int64_t b = 0; b < batch_; ++b) {  // counts -> first destination of (chunk, split)
-      CountsToPositions(next_.data() + b * chunks_ * splits_, chunks_, splits_, 0, first.data());
+      int64_t* f = starts != nullptr ? starts + b * (splits_ + 1) : first.data();
+      CountsToPositions(next_.data() + b * chunks_ * splits_, chunks_, splits_, 0,
+                        sizes != nullptr || starts != nullptr ? f : nullptr);
       if (sizes == nullptr) continue;
       for (int64_t s = 0; s < splits_; ++s) {
-        sizes[b * splits_ + s] = static_cast<int32_t>(first[s + 1] - first[s]);
+        sizes[b * splits_ + s] = static_cast<int32_t>(f[s + 1] - f[s]);
       }
     }
     return ffi::Error::Success();

@@ -91,8 +91,8 @@ ffi::Error ReorderImpl(TypeTag<Index>, ffi::ThreadPool& pool, const ffi::AnyBuff
     return buckets > 1 ? HashBucket(key, buckets) : 0;
   };
   StablePartition<decltype(bucket_of)> by_bucket(&pool, workers, bucket_of, batch, n, buckets + 1);
-  std::vector<int32_t> bucket_sizes(batch * (buckets + 1));
-  FFI_RETURN_IF_ERROR(by_bucket.Count(op, "input", bucket_sizes.data()));
+  std::vector<int64_t> bucket_start(batch * (buckets + 2));  // [b][bucket], then the end
+  FFI_RETURN_IF_ERROR(by_bucket.Count(op, "input", nullptr, bucket_start.data()));
   // Per batch element: row numbers, bucket by bucket (every entry is written: no zero fill).
   std::unique_ptr<int32_t[]> rows(new int32_t[batch * n]);
   FFI_RETURN_IF_ERROR(by_bucket.Run([&](int64_t b, int64_t i, int64_t dest) {
@@ -102,10 +102,9 @@ ffi::Error ReorderImpl(TypeTag<Index>, ffi::ThreadPool& pool, const ffi::AnyBuff
   std::vector<IndexLease> indexes(workers);  // one pooled hash index (id_index.h) per worker
   FFI_RETURN_IF_ERROR(ParallelFor(&pool, batch * (buckets + 1), workers, [&](int64_t t, int64_t worker) {
     const int64_t b = t / (buckets + 1), bucket = t % (buckets + 1);
-    int64_t first = 0;
-    for (int64_t g = 0; g < bucket; ++g) first += bucket_sizes[b * (buckets + 1) + g];
-    const int32_t* row = rows.get() + b * n + first;
-    const int64_t count = bucket_sizes[b * (buckets + 1) + bucket];
+    const int64_t* start = bucket_start.data() + b * (buckets + 2) + bucket;
+    const int32_t* row = rows.get() + b * n + start[0];
+    const int64_t count = start[1] - start[0];
     uint8_t* keep = kept.data() + b * n;
     if (bucket == buckets) {  // NaN rows
       for (int64_t k = 0; k < count; ++k) keep[row[k]] = 1;
